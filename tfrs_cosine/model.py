@@ -1,0 +1,89 @@
+"""The two-tower retrieval model: user tower, item tower, scoring head, TFRS retrieval task."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrs_cosine.heads import ScoringHead
+from tfrs_cosine.towers import IdTower
+
+
+class TwoTowerModel(tfrs.Model):
+    """Two towers scored by a head and trained with ``tfrs.tasks.Retrieval``.
+
+    The in-batch softmax loss sees ``head(u, i)`` for every user and item of a batch,
+    passed to the task as ``head.prepare_query(u)`` and ``head.prepare_candidate(i)``
+    (their matmul is the head's score, temperature included). No factorized top-K
+    metric is computed while training: it would idle the accelerator (TFRS #178,
+    #474); offline evaluation does exact full-catalog top-K instead.
+
+    Features (a dict of ``(b,)`` tensors): ``user_id`` and ``item_id`` strings, an
+    optional ``weight`` (sample weight), and ``item_probability`` (the item's share
+    of training interactions) when ``logq_correction`` is on.
+
+    Args:
+      user_tower, item_tower: ``IdTower``s with the same output width.
+      head: a ``ScoringHead``.
+      remove_accidental_hits: mask in-batch negatives that are the positive item.
+      logq_correction: subtract ``log(item_probability)`` from each candidate's logit
+        (sampled-softmax correction for popularity-biased in-batch negatives).
+      num_hard_negatives: keep only the hardest N in-batch negatives per row (None: all).
+    """
+
+    def __init__(
+        self,
+        user_tower: IdTower,
+        item_tower: IdTower,
+        head: ScoringHead,
+        remove_accidental_hits: bool = False,
+        logq_correction: bool = False,
+        num_hard_negatives: int | None = None,
+    ):
+        super().__init__()
+        if user_tower.output_dim != item_tower.output_dim:
+            raise ValueError(
+                f"tower outputs differ: user {user_tower.output_dim}, item {item_tower.output_dim}"
+            )
+        if num_hard_negatives is not None and num_hard_negatives < 1:
+            raise ValueError(f"num_hard_negatives must be >= 1 or None, got {num_hard_negatives}")
+        self.user_tower = user_tower
+        self.item_tower = item_tower
+        self.head = head
+        self.remove_accidental_hits = remove_accidental_hits
+        self.logq_correction = logq_correction
+        self.num_hard_negatives = num_hard_negatives
+        self.task = tfrs.tasks.Retrieval(
+            metrics=None,
+            batch_metrics=None,
+            remove_accidental_hits=remove_accidental_hits,
+            num_hard_negatives=num_hard_negatives,
+        )
+        # Logits and loss stay float32 under a mixed_float16 policy: Retrieval takes no
+        # dtype argument, and would otherwise autocast the query side to float16.
+        self.task._set_dtype_policy("float32")
+
+    def call(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """Tower outputs ``(b, d)`` for ``features['user_id']`` and ``features['item_id']``."""
+        return self.user_tower(features["user_id"]), self.item_tower(features["item_id"])
+
+    def score(self, user_ids: tf.Tensor, item_ids: tf.Tensor) -> tf.Tensor:
+        """Scores ``(b, n)`` of users ``(b,)`` against items ``(n,)``."""
+        return self.head(self.user_tower(user_ids), self.item_tower(item_ids))
+
+    def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        users, items = self(features)
+        kwargs = {}
+        if "weight" in features:
+            kwargs["sample_weight"] = features["weight"]
+        if self.logq_correction:
+            kwargs["candidate_sampling_probability"] = features["item_probability"]
+        if self.remove_accidental_hits:
+            kwargs["candidate_ids"] = features["item_id"]
+        return self.task(
+            self.head.prepare_query(users),
+            self.head.prepare_candidate(items),
+            compute_metrics=False,
+            compute_batch_metrics=False,
+            **kwargs,
+        )

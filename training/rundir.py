@@ -1,0 +1,166 @@
+"""Run directories: what ``tfrs-cosine train`` writes and ``evaluate``/``export`` read.
+
+Layout (docs/architecture.md)::
+
+    run.json  config.toml  vocab/users.txt  vocab/items.txt  model/  checkpoints/
+    metrics.json  history.json  logs/
+
+``run.json`` carries ``status``: ``running`` while training, ``complete`` once the
+final weights and metrics are written, ``failed`` or ``interrupted`` otherwise.
+JSON files are written to a temporary name and renamed, so a crash never leaves a
+truncated one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from training.config import Config, config_from_dict
+from training.errors import InputError
+
+RUN_INFO = "run.json"
+CONFIG = "config.toml"
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+METRICS = "metrics.json"
+HISTORY = "history.json"
+
+
+@dataclass
+class TrainedRun:
+    path: Path
+    config: Config
+    model: Any  # tfrs_cosine.TwoTowerModel with the final weights
+    users: list[str]
+    items: list[str]
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, value: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
+    os.replace(temporary, path)
+
+
+def read_info(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_INFO
+    if not Path(run_dir).is_dir():
+        raise InputError(f"run directory not found: {run_dir}")
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a run directory (no {RUN_INFO})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from None
+
+
+def mark(run_dir: Path, status: str, **fields: Any) -> None:
+    info = read_info(run_dir)
+    info.update(status=status, updated=_now(), **fields)
+    write_json(Path(run_dir) / RUN_INFO, info)
+
+
+def _versions() -> dict[str, str]:
+    import tensorflow_recommenders as tfrs
+
+    return {"tensorflow": tf.__version__, "tensorflow_recommenders": tfrs.__version__}
+
+
+def write_start(run_dir: Path, config: Config, data, split, resumed: bool = False) -> None:
+    """Writes config, vocabularies and a ``running`` run.json."""
+    run_dir = Path(run_dir)
+    if resumed:
+        mark(run_dir, "running", resumed=_now())
+        return
+    (run_dir / "vocab").mkdir(parents=True, exist_ok=True)
+    (run_dir / "vocab" / "users.txt").write_text("\n".join(data.users.tolist()) + "\n")
+    (run_dir / "vocab" / "items.txt").write_text("\n".join(data.items.tolist()) + "\n")
+    (run_dir / CONFIG).write_text(config.to_toml())
+    write_json(
+        run_dir / RUN_INFO,
+        {
+            "status": "running",
+            "started": _now(),
+            "data": {
+                "description": data.description,
+                "num_interactions": len(data.interactions),
+                "num_users": len(data.users),
+                "num_items": len(data.items),
+                "train": len(split.train),
+                "validation": len(split.validation),
+                "test": len(split.test),
+            },
+            "versions": _versions(),
+        },
+    )
+
+
+def write_finish(run_dir: Path, model, metrics: dict, history: list[dict]) -> None:
+    """Writes final weights, metrics and history, then marks the run complete."""
+    run_dir = Path(run_dir)
+    tf.train.Checkpoint(model=model).write(str(run_dir / MODEL / "weights"))
+    write_json(run_dir / METRICS, metrics)
+    write_json(run_dir / HISTORY, history)
+    training = metrics.get("training", {})
+    mark(
+        run_dir,
+        "complete",
+        finished=_now(),
+        epochs_completed=training.get("epochs"),
+        best_epoch=training.get("best_epoch"),
+    )
+
+
+def read_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise InputError(f"{run_dir} has no {CONFIG}")
+    return config_from_dict(tomllib.loads(path.read_text()))
+
+
+def read_vocabulary(run_dir: Path, name: str) -> list[str]:
+    path = Path(run_dir) / "vocab" / f"{name}.txt"
+    if not path.is_file():
+        raise InputError(f"{run_dir} has no vocabulary {path.name}")
+    return path.read_text().splitlines()
+
+
+def load_metrics(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / METRICS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_run(run_dir: str | Path) -> TrainedRun:
+    """Rebuilds the trained model of a complete run directory."""
+    from training.train import build_model
+
+    run_dir = Path(run_dir)
+    info = read_info(run_dir)
+    if info.get("status") != "complete":
+        raise InputError(
+            f"run {run_dir} is not complete (status: {info.get('status', 'unknown')}); "
+            "finish it with `tfrs-cosine train --resume` first"
+        )
+    config = read_config(run_dir)
+    users, items = read_vocabulary(run_dir, "users"), read_vocabulary(run_dir, "items")
+    model = build_model(config, users, items)
+    weights = run_dir / MODEL / "weights"
+    try:
+        status = tf.train.Checkpoint(model=model).read(str(weights))
+        status.assert_existing_objects_matched().expect_partial()
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, AssertionError, ValueError) as e:
+        raise InputError(f"cannot restore weights of {run_dir}: {str(e).splitlines()[0]}") from None
+    return TrainedRun(run_dir, config, model, users, items, load_metrics(run_dir), info)
