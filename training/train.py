@@ -289,15 +289,19 @@ def train(
 
 
 def format_metrics(metrics: dict[str, dict[str, float]], ks: Sequence[int]) -> str:
-    """A plain-text table: one row per split, columns per metric."""
-    columns = [f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate") for k in ks] + ["mrr"]
-    columns += [f"top_{k}_categorical_accuracy" for k in ks]
-    labels = [c.replace("_categorical_accuracy", "_acc") for c in columns]
-    splits = [s for s in ("validation", "test") if s in metrics]
-    width = max(len(label) for label in labels) + 2
-    lines = ["metric".ljust(width) + "".join(s.rjust(12) for s in splits)]
-    for column, label in zip(columns, labels, strict=True):
-        values = "".join(f"{metrics[s].get(column, float('nan')):12.4f}" for s in splits)
-        lines.append(label.ljust(width) + values)
+    """A plain-text table per split: one row per metric, one column per K."""
+    families = [
+        ("recall", "recall@{k}"),
+        ("ndcg", "ndcg@{k}"),
+        ("hit_rate", "hit_rate@{k}"),
+        ("top-K accuracy", "top_{k}_categorical_accuracy"),
+    ]
+    lines = []
+    for split in (s for s in ("validation", "test", "train") if s in metrics):
+        values = metrics[split]
+        lines.append(f"{split:<16}" + "".join(f"{'@' + str(k):>9}" for k in ks))
+        for label, key in families:
+            cells = "".join(f"{values.get(key.format(k=k), float('nan')):9.4f}" for k in ks)
+            lines.append(f"  {label:<14}" + cells)
+        lines.append(f"  {'mrr':<14}{values.get('mrr', float('nan')):9.4f}")
     return "\n".join(lines)
-
