@@ -1,0 +1,122 @@
+"""Configs for the real ``tensorflow_model_server``: ``models.config`` and ``batching.config``.
+
+``models.config`` is a ModelServerConfig text proto built with the message classes of
+``tensorflow_serving.config`` and printed with ``text_format``. ``batching.config`` is a
+BatchingParameters text proto for ``--enable_batching --batching_parameters_file``; its
+message is not shipped in ``tensorflow-serving-api``, so it is written from the field
+names of ``session_bundle_config.proto`` (documented in ``serving/templates/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.errors import ServingError
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """BatchingParameters fields (session_bundle_config.proto)."""
+
+    max_batch_size: int = 64
+    batch_timeout_micros: int = 2000
+    max_enqueued_batches: int = 100
+    num_batch_threads: int = 2
+    pad_variable_length_inputs: bool = False
+
+
+def export_versions(model_base_path: str | Path) -> list[int]:
+    """The numeric version folders under a model base path, ascending."""
+    base = Path(model_base_path)
+    if not base.is_dir():
+        raise ServingError(f"model base path {base} is not a directory")
+    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def uses_scann_ops(version_dir: str | Path) -> bool:
+    """Whether a SavedModel contains ScaNN ops (stock TF Serving cannot load those)."""
+    pb = Path(version_dir) / "saved_model.pb"
+    return pb.is_file() and b"Scann>" in pb.read_bytes()
+
+
+def model_server_config(
+    model_name: str,
+    base_path: str,
+    num_versions: int = 1,
+    version_labels: dict[str, int] | None = None,
+) -> model_server_config_pb2.ModelServerConfig:
+    """A ModelServerConfig serving the latest ``num_versions`` versions of one model."""
+    if not model_name or "/" in model_name or ":" in model_name:
+        raise ServingError(f"model name {model_name!r} is not usable in TF Serving URLs")
+    if num_versions < 1:
+        raise ServingError("num_versions must be >= 1")
+    config = model_server_config_pb2.ModelServerConfig()
+    entry = config.model_config_list.config.add()
+    entry.name = model_name
+    entry.base_path = base_path
+    entry.model_platform = "tensorflow"
+    entry.model_version_policy.latest.num_versions = num_versions
+    for label, version in (version_labels or {}).items():
+        entry.version_labels[label] = version
+    return config
+
+
+def batching_config_text(options: BatchingOptions) -> str:
+    """``batching.config``: BatchingParameters as a text proto (wrapped int64 values)."""
+    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+        if getattr(options, name) < (0 if name == "batch_timeout_micros" else 1):
+            raise ServingError(f"batching {name} must be positive")
+    lines = [
+        "# BatchingParameters (tensorflow_serving/servables/tensorflow/session_bundle_config.proto)",
+        "# for: tensorflow_model_server --enable_batching --batching_parameters_file=batching.config",
+        f"max_batch_size {{ value: {options.max_batch_size} }}",
+        f"batch_timeout_micros {{ value: {options.batch_timeout_micros} }}",
+        f"max_enqueued_batches {{ value: {options.max_enqueued_batches} }}",
+        f"num_batch_threads {{ value: {options.num_batch_threads} }}",
+        f"pad_variable_length_inputs: {str(options.pad_variable_length_inputs).lower()}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_serving_configs(
+    model_base_path: str | Path,
+    output_dir: str | Path,
+    model_name: str | None = None,
+    container_base: str | None = None,
+    num_versions: int = 1,
+    batching: BatchingOptions = BatchingOptions(),
+) -> dict[str, Path | bool]:
+    """Writes ``models.config`` and ``batching.config`` for an export into ``output_dir``.
+
+    ``container_base`` replaces the base path in ``models.config`` (e.g. ``/models/NAME``
+    when the export is mounted into the tensorflow/serving image); default: the absolute
+    path. Returns the written paths and ``scann`` (whether the latest version needs
+    ScaNN ops, which stock TF Serving cannot load).
+    """
+    base = Path(model_base_path).expanduser().resolve()
+    versions = export_versions(base)
+    if not versions:
+        raise ServingError(f"no version folders (numeric names) under {base}")
+    name = model_name or base.name
+    config = model_server_config(name, container_base or str(base), num_versions)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    models_path = output / "models.config"
+    batching_path = output / "batching.config"
+    header = (
+        f"# ModelServerConfig for tensorflow_model_server --model_config_file={models_path.name}\n"
+        f"# generated by tfrs-cosine serving-config for {base}\n"
+    )
+    text = header + text_format.MessageToString(config)
+    text_format.Parse(text, model_server_config_pb2.ModelServerConfig())  # round-trips
+    models_path.write_text(text)
+    batching_path.write_text(batching_config_text(batching))
+    return {
+        "models.config": models_path,
+        "batching.config": batching_path,
+        "scann": uses_scann_ops(base / str(versions[-1])),
+    }
