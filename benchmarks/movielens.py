@@ -323,7 +323,8 @@ def _grid(temperatures: Sequence[float], quick: bool) -> list[dict]:
 
 
 def tuned_rows(quick: bool = False) -> list[RowSpec]:
-    """Rows 3a-3d; 3e and 3f are derived from the best of them on validation."""
+    """Rows 3a-3d; 3e and 3f are derived from the best of them on validation; 3g is
+    dot + logQ, the counterpart of 3e."""
     cosine = _grid(COSINE_TEMPERATURES, quick)
     dot = _grid(DOT_TEMPERATURES, quick)
     batch = {"training.batch_size": BATCH_SIZE}
@@ -420,6 +421,10 @@ def run_protocol(protocol: Protocol, data: LoadedData, options: Options) -> dict
     fixed = {k: v for k, v in best["settings"].items() if k != "training.epochs"}
     tuned(RowSpec("3f", f"{best['key']} + hard negatives", fixed,
                   [{"model.num_hard_negatives": n} for n in options.hard_negatives]))
+    # The dot-head counterpart of 3e, so cosine vs dot is compared with logQ on both.
+    tuned(RowSpec("3g", "dot + logQ correction (the tutorial's towers)",
+                  {"model.logq_correction": True, "training.batch_size": BATCH_SIZE},
+                  _grid(DOT_TEMPERATURES, options.quick)))
 
     popularity = popularity_metrics(data, protocol.train, protocol.test)
     seconds = time.perf_counter() - phase_start
@@ -605,7 +610,7 @@ def write_markdown(path: Path, results: list[dict], header: dict) -> None:
         f"{sorted(COSINE_TEMPERATURES)} with Adam 0.01, plus temperature "
         f"{COSINE_TEMPERATURES[0]} with the tutorial's Adagrad 0.1; dot + layer norm: "
         f"temperature in {sorted(DOT_TEMPERATURES)} with Adam 0.01, plus "
-        f"{DOT_TEMPERATURES[0]} with Adagrad 0.1; early stopping "
+        f"{DOT_TEMPERATURES[0]} with Adagrad 0.1 (also 3g, dot + logQ); early stopping "
         f"(patience {header['patience']}, at most {header['max_epochs']} epochs) picks the "
         "epochs; 3e re-tunes the best of 3a-3d's grid with logQ on; 3f adds "
         f"num_hard_negatives in {list(header['hard_negatives'])} to the best of 3a-3e. "
