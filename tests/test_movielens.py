@@ -341,9 +341,11 @@ def test_benchmark_quick_run(tmp_path):
     assert [r["name"] for r in results] == ["A", "B"]
     for result in results:
         rows = {row["key"]: row for row in result["rows"]}
-        assert list(rows) == ["1", "2", "3a", "3b", "3c", "3d", "3e", "3f"]
+        assert list(rows) == ["1", "2", "3a", "3b", "3c", "3d", "3e", "3f", "3g"]
         assert rows["3e"]["settings"]["model.logq_correction"] is True
         assert rows["3f"]["settings"]["model.num_hard_negatives"] == 4
+        assert rows["3g"]["settings"]["model.logq_correction"] is True
+        assert "model.head" not in rows["3g"]["settings"]  # the dot head
         assert all(row["settings"].get("training.seed") is None for row in rows.values())
         for row in rows.values():
             assert [s["seed"] for s in row["seeds"]] == [0, 1]
