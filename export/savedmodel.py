@@ -47,12 +47,12 @@ import tensorflow as tf
 from export import index as index_lib
 from export.errors import ExportError
 from tfrs_cosine import TwoTowerModel, explain, make_head
+from tfrs_cosine.heads import l2_normalize
 
 Log = Callable[[str], None]
 INDEX_KINDS = ("scann", "brute-force")
 MODEL_CARD = Path("assets.extra") / "model_card.json"
 SIGNATURES = ("serving_default", "explain", "similar_items", "embed_users", "embed_items")
-_NORM_EPSILON = 1e-12  # as tfrs_cosine.heads: a zero vector normalizes to zero, never NaN
 _LOWEST = float(np.finfo(np.float32).min)  # score of padding when fewer than K are found
 _CHUNK = 65_536
 _WIDENINGS = 3  # times a ScaNN plan is widened when its measured recall is short
@@ -135,8 +135,7 @@ def _tower_table(tower, vocabulary: Sequence[str]) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def _unit(x: tf.Tensor) -> tf.Tensor:
-    return tf.math.l2_normalize(x, axis=-1, epsilon=_NORM_EPSILON)
+_unit = l2_normalize  # the cosine head's normalization, traced into the exported graph
 
 
 def _unit_np(x: np.ndarray) -> np.ndarray:

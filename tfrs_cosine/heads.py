@@ -31,6 +31,11 @@ _NORM_EPSILON = 1e-12
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
 
 
+def l2_normalize(x: tf.Tensor) -> tf.Tensor:
+    """``x / |x|`` along the last axis in float32; a zero vector stays zero (never NaN)."""
+    return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1, epsilon=_NORM_EPSILON)
+
+
 class ScoringHead(tf.keras.layers.Layer):
     """Base class: a similarity divided by a fixed or learned positive temperature.
 
@@ -127,7 +132,7 @@ class CosineHead(ScoringHead):
     kind = "cosine"
 
     def normalize(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1, epsilon=_NORM_EPSILON)
+        return l2_normalize(x)
 
 
 HEADS: dict[str, type[ScoringHead]] = {"dot": DotHead, "cosine": CosineHead}

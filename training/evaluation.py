@@ -23,8 +23,8 @@ from training.data import Interactions
 
 
 def exact_top_k(
-    queries: tf.Tensor,
-    candidates: tf.Tensor,
+    queries: np.ndarray,
+    candidates: np.ndarray,
     k: int,
     chunk_size: int = 1024,
     exclude: list[np.ndarray] | None = None,
@@ -39,33 +39,27 @@ def exact_top_k(
       exclude: optional per-query arrays of candidate indices to leave out.
 
     Returns:
-      ``scores (b, k)`` float32 and ``indices (b, k)`` int32, best first.
+      ``scores (b, k)`` float32 and ``indices (b, k)`` int64, best first.
     """
     queries = tf.convert_to_tensor(queries, tf.float32)
     candidates = tf.convert_to_tensor(candidates, tf.float32)
     k = min(int(k), int(candidates.shape[0]))
-    scores, indices = [], []
+    scores, indices = [np.zeros((0, k), np.float32)], [np.zeros((0, k), np.int64)]
     for start in range(0, int(queries.shape[0]), chunk_size):
         block = tf.linalg.matmul(queries[start : start + chunk_size], candidates, transpose_b=True)
+        block = block.numpy()
         if exclude is not None:
-            block = _mask(block, exclude[start : start + chunk_size])
-        values, top = tf.math.top_k(block, k=k)
-        scores.append(values.numpy())
-        indices.append(top.numpy())
-    if not scores:
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
+            _exclude(block, exclude[start : start + chunk_size])
+        top = _top_k_indices(block, k)
+        scores.append(np.take_along_axis(block, top, axis=1))
+        indices.append(top)
     return np.concatenate(scores), np.concatenate(indices)
 
 
-def _mask(block: tf.Tensor, rows: list[np.ndarray]) -> tf.Tensor:
-    """Sets ``block[r, rows[r]]`` to -inf."""
-    coordinates = [(r, c) for r, columns in enumerate(rows) for c in columns]
-    if not coordinates:
-        return block
-    coordinates = tf.constant(coordinates, dtype=tf.int32)
-    return tf.tensor_scatter_nd_update(
-        block, coordinates, tf.fill([tf.shape(coordinates)[0]], float("-inf"))
-    )
+def _exclude(block: np.ndarray, rows: list[np.ndarray]) -> None:
+    """Sets ``block[r, rows[r]]`` to -inf, in place."""
+    for r, columns in enumerate(rows):
+        block[r, columns] = -np.inf
 
 
 def _top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -129,8 +123,7 @@ def evaluate_embeddings(
         best = -np.sort(-np.partition(block, n_items - k_max, axis=1)[:, n_items - k_max :])
         positive_rank[rows] = (best[local] > positive[:, None]).sum(axis=1)
         if seen is not None:
-            for r, columns in enumerate(seen[start:stop]):
-                block[r, columns] = -np.inf
+            _exclude(block, seen[start:stop])
         top = _top_k_indices(block, k_max)
         # A hit is a (user, item) key of the top-K that is also a test key.
         keys = (np.arange(start, stop)[:, None] * n_items + top).ravel()
