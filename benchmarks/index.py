@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
         if args.run_dir is not None:
             from export.savedmodel import EmbeddingTables
-            from training.rundir import load_run
+            from training.modeling import load_run
 
             run = load_run(args.run_dir)
             tables = EmbeddingTables.from_model(run.model, run.users, run.items)

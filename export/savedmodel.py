@@ -838,6 +838,7 @@ def export_savedmodel(
     """
     from training import rundir
     from training.errors import InputError
+    from training.modeling import load_run
 
     run_dir = Path(run_dir)
     try:
@@ -859,7 +860,7 @@ def export_savedmodel(
 
     log(f"export: loading {run_dir}")
     try:
-        run = rundir.load_run(run_dir)
+        run = load_run(run_dir)
     except InputError as e:
         raise ExportError(str(e)) from None
     card = {

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import tensorflow as tf
+
+from tfrs_cosine import _keras  # noqa: F401  (binds Keras 2, which TFRS checks at import)
+
+# isort: split
 import tensorflow_recommenders as tfrs
 
 from tfrs_cosine.heads import ScoringHead

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tfrs_cosine import _keras  # noqa: F401  (binds Keras 2 before tf.keras is used)
+
 LAYER_NORM_EPSILON = 1e-6
 
 

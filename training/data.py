@@ -1,75 +1,18 @@
-"""Interaction data: the schema, the data sources and their registry.
+"""Interaction data sources and their registry (the schema is ``training.schema``).
 
-Schema: ``user_id`` (string), ``item_id`` (string), optional ``timestamp`` (int64),
-optional ``weight`` (float32). Sources: ``synthetic`` (the clustered simulation of
+Sources: ``synthetic`` (the clustered simulation of
 Steck, Ekanadham & Kallus 2024, Section 4), ``file`` (CSV, TSV or Parquet with a
 column mapping) and ``movielens-100k`` (training.movielens).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from training.errors import InputError
-
-
-@dataclass(frozen=True)
-class Interactions:
-    """Parallel arrays of length N; ids are numpy unicode arrays."""
-
-    user_id: np.ndarray
-    item_id: np.ndarray
-    timestamp: np.ndarray | None = None  # int64
-    weight: np.ndarray | None = None  # float32
-
-    def __len__(self) -> int:
-        return len(self.user_id)
-
-    def subset(self, index: np.ndarray) -> Interactions:
-        """The rows at ``index`` (an integer index or a boolean mask)."""
-        return Interactions(
-            user_id=self.user_id[index],
-            item_id=self.item_id[index],
-            timestamp=None if self.timestamp is None else self.timestamp[index],
-            weight=None if self.weight is None else self.weight[index],
-        )
-
-
-@dataclass(frozen=True)
-class LoadedData:
-    """What a source returns.
-
-    ``items`` is the catalog (sorted unique item ids, including items nobody
-    interacted with when the source knows them); ``users`` the sorted unique user ids.
-    ``item_cluster`` and ``item_popularity`` are the synthetic ground truth, aligned
-    with ``items`` (None for real data). ``item_titles`` maps ids to titles when known.
-    """
-
-    interactions: Interactions
-    items: np.ndarray
-    users: np.ndarray
-    description: str
-    item_cluster: np.ndarray | None = None
-    item_popularity: np.ndarray | None = None
-    item_titles: dict[str, str] | None = None
-
-
-def from_interactions(interactions: Interactions, description: str, **extra) -> LoadedData:
-    """Wraps interactions with their catalog of users and items."""
-    if len(interactions) == 0:
-        raise InputError(f"{description}: no interactions")
-    items = extra.pop("items", None)
-    return LoadedData(
-        interactions=interactions,
-        items=np.unique(interactions.item_id) if items is None else items,
-        users=np.unique(interactions.user_id),
-        description=description,
-        **extra,
-    )
-
+from training.schema import Interactions, LoadedData, from_interactions
 
 # ----------------------------------------------------------------------------------------
 # synthetic

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from training.data import Interactions
+from training.schema import Interactions
 
 
 def exact_top_k(

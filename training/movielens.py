@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import Interactions, LoadedData
 from training.errors import InputError
+from training.schema import Interactions, LoadedData
 
 NAME = "movielens-100k"
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from training.data import Interactions
+from training.schema import Interactions
 
 
 def item_probabilities(train: Interactions, items: np.ndarray) -> np.ndarray:

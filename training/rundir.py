@@ -17,11 +17,8 @@ import datetime as dt
 import json
 import os
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tensorflow as tf
 
 from training.config import Config, config_from_dict
 from training.errors import InputError
@@ -32,17 +29,6 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model"
 METRICS = "metrics.json"
 HISTORY = "history.json"
-
-
-@dataclass
-class TrainedRun:
-    path: Path
-    config: Config
-    model: Any  # tfrs_cosine.TwoTowerModel with the final weights
-    users: list[str]
-    items: list[str]
-    metrics: dict[str, Any]
-    info: dict[str, Any]
 
 
 def _now() -> str:
@@ -73,13 +59,9 @@ def mark(run_dir: Path, status: str, **fields: Any) -> None:
     write_json(Path(run_dir) / RUN_INFO, info)
 
 
-def _versions() -> dict[str, str]:
-    import tensorflow_recommenders as tfrs
-
-    return {"tensorflow": tf.__version__, "tensorflow_recommenders": tfrs.__version__}
-
-
-def write_start(run_dir: Path, config: Config, data, split, resumed: bool = False) -> None:
+def write_start(
+    run_dir: Path, config: Config, data, split, versions: dict[str, str], resumed: bool = False
+) -> None:
     """Writes config, vocabularies and a ``running`` run.json."""
     run_dir = Path(run_dir)
     if resumed:
@@ -103,15 +85,14 @@ def write_start(run_dir: Path, config: Config, data, split, resumed: bool = Fals
                 "validation": len(split.validation),
                 "test": len(split.test),
             },
-            "versions": _versions(),
+            "versions": versions,
         },
     )
 
 
-def write_finish(run_dir: Path, model, metrics: dict, history: list[dict]) -> None:
-    """Writes final weights, metrics and history, then marks the run complete."""
+def write_finish(run_dir: Path, metrics: dict, history: list[dict]) -> None:
+    """Writes metrics and history (after the final weights), then marks the run complete."""
     run_dir = Path(run_dir)
-    tf.train.Checkpoint(model=model).write(str(run_dir / MODEL / "weights"))
     write_json(run_dir / METRICS, metrics)
     write_json(run_dir / HISTORY, history)
     training = metrics.get("training", {})
@@ -141,26 +122,3 @@ def read_vocabulary(run_dir: Path, name: str) -> list[str]:
 def load_metrics(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / METRICS
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_run(run_dir: str | Path) -> TrainedRun:
-    """Rebuilds the trained model of a complete run directory."""
-    from training.train import build_model
-
-    run_dir = Path(run_dir)
-    info = read_info(run_dir)
-    if info.get("status") != "complete":
-        raise InputError(
-            f"run {run_dir} is not complete (status: {info.get('status', 'unknown')}); "
-            "finish it with `tfrs-cosine train --resume` first"
-        )
-    config = read_config(run_dir)
-    users, items = read_vocabulary(run_dir, "users"), read_vocabulary(run_dir, "items")
-    model = build_model(config, users, items)
-    weights = run_dir / MODEL / "weights"
-    try:
-        status = tf.train.Checkpoint(model=model).read(str(weights))
-        status.assert_existing_objects_matched().expect_partial()
-    except (tf.errors.NotFoundError, tf.errors.DataLossError, AssertionError, ValueError) as e:
-        raise InputError(f"cannot restore weights of {run_dir}: {str(e).splitlines()[0]}") from None
-    return TrainedRun(run_dir, config, model, users, items, load_metrics(run_dir), info)

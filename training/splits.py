@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.data import Interactions
 from training.errors import InputError
+from training.schema import Interactions
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfrs_cosine import IdTower, TwoTowerModel, make_head
+from tfrs_cosine import TwoTowerModel
 from training import rundir
 from training.config import Config
-from training.data import LoadedData, load_data
+from training.data import load_data
 from training.errors import InputError
 from training.evaluation import ValidationRecall, evaluate_model
+from training.modeling import build_model, make_optimizer, save_weights, versions
 from training.pipeline import item_probabilities, make_training_dataset
+from training.schema import LoadedData
 from training.splits import Split, split_data
 
 Log = Callable[[str], None]
@@ -41,44 +43,6 @@ class FitResult:
     epochs: int
     seconds: float
     best_epoch: int | None
-
-
-def build_model(
-    config: Config, users: Sequence[str], items: Sequence[str], logq: bool | None = None
-) -> TwoTowerModel:
-    """The ``TwoTowerModel`` a ``Config`` describes, over the given vocabularies."""
-    m = config.model
-
-    def tower(name: str, vocabulary: Sequence[str]) -> IdTower:
-        return IdTower(
-            vocabulary,
-            m.embedding_dim,
-            hidden_layers=m.layers_for(name),
-            layer_norm=m.layer_norm,
-            name=f"{name}_tower",
-        )
-
-    model = TwoTowerModel(
-        user_tower=tower("user", users),
-        item_tower=tower("item", items),
-        head=make_head(m.head, m.temperature, m.learn_temperature),
-        remove_accidental_hits=m.remove_accidental_hits,
-        logq_correction=m.logq_correction if logq is None else logq,
-        num_hard_negatives=m.num_hard_negatives or None,
-    )
-    # Build every variable now so checkpoints restore eagerly.
-    model({"user_id": tf.constant([str(users[0])]), "item_id": tf.constant([str(items[0])])})
-    model.head.build()
-    return model
-
-
-def make_optimizer(config: Config) -> tf.keras.optimizers.Optimizer:
-    t = config.training
-    if t.optimizer == "adagrad":
-        return tf.keras.optimizers.Adagrad(t.learning_rate)
-    if t.optimizer == "adam":
-        return tf.keras.optimizers.Adam(t.learning_rate)
-    return tf.keras.optimizers.SGD(t.learning_rate)
 
 
 def describe_devices() -> str:
@@ -248,7 +212,7 @@ def train(
     log(describe_devices())
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_start(run_dir, config, data, split, resumed=resume)
+    rundir.write_start(run_dir, config, data, split, versions(), resumed=resume)
     try:
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 2
@@ -279,7 +243,8 @@ def train(
             "examples_per_second": round(examples / max(result.seconds, 1e-9), 1),
             "final_temperature": float(result.model.head.temperature.numpy()),
         }
-        rundir.write_finish(run_dir, result.model, metrics, result.history)
+        save_weights(result.model, run_dir)
+        rundir.write_finish(run_dir, metrics, result.history)
     except BaseException as error:
         rundir.mark(run_dir, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
                     error=f"{type(error).__name__}: {error}")

@@ -1,27 +1,26 @@
 """Offline studies. ``faithfulness``: the cosine-faithfulness study (Steck et al. 2024).
 
-``linear`` holds the paper's closed-form models, ``metrics`` the measurements, and
-``faithfulness`` the run, its report and the ``study cosine-faithfulness`` subcommand.
+``linear`` holds the paper's closed-form models, ``metrics`` the measurements,
+``faithfulness`` the run and its report, and ``cli`` the ``study`` subcommand. Importing
+the package is light: the study's names below load on first use.
 """
 
-from training.study.faithfulness import (
-    StudySettings,
-    explanation_cosines,
-    item_embeddings,
-    make_settings,
-    register,
-    rescaled,
-    run_study,
-    served_scores,
-)
+import importlib
 
-__all__ = [
+_FROM_FAITHFULNESS = (
     "StudySettings",
     "explanation_cosines",
     "item_embeddings",
     "make_settings",
-    "register",
     "rescaled",
     "run_study",
     "served_scores",
-]
+)
+
+__all__ = list(_FROM_FAITHFULNESS)
+
+
+def __getattr__(name: str):
+    if name in _FROM_FAITHFULNESS:
+        return getattr(importlib.import_module("training.study.faithfulness"), name)
+    raise AttributeError(f"module 'training.study' has no attribute {name!r}")

@@ -27,7 +27,6 @@ Outputs in ``--out``: ``report.md``, ``figures.json`` and the heatmaps
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import io
@@ -35,7 +34,6 @@ import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 import warnings
@@ -207,7 +205,7 @@ def serve_linear(
     settings: StudySettings, model: linear.LinearModel, x: np.ndarray, users, items
 ):
     """A ``TwoTowerModel`` with a dot head whose towers return ``X A`` and ``B``."""
-    from training.train import build_model
+    from training.modeling import build_model
 
     config = _config(settings, head="dot", layer_norm=False, temperature=1.0)
     config.model.embedding_dim = model.b.shape[1]
@@ -792,42 +790,3 @@ def render_report(figures: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------
-# CLI
-
-
-def register(subparsers) -> None:
-    """Adds ``study cosine-faithfulness`` to the ``tfrs-cosine`` command line."""
-    study = subparsers.add_parser("study", help="offline studies (cosine-faithfulness)")
-    studies = study.add_subparsers(dest="study", required=True, metavar="STUDY")
-    p = studies.add_parser(
-        "cosine-faithfulness",
-        help="reproduce Steck et al. (2024) Sec. 4 and measure this project's heads",
-        description="Closed-form Eq. 1 / Eq. 2 models and the four two-tower variants on "
-                    "the clustered simulation; writes report.md, figures.json and heatmaps.",
-    )
-    p.add_argument("--users", type=int, help="number of users (default 20000; --quick 1500)")
-    p.add_argument("--items", type=int, help="number of items (default 1000; --quick 200)")
-    p.add_argument("--clusters", type=int, help="number of item clusters (default 5)")
-    p.add_argument("--dim", type=int, help="embedding dimension / rank (default 50; --quick 16)")
-    p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
-    p.add_argument("--quick", action="store_true",
-                   help="small data, 2 epochs, one grid point: about a minute on 2 cores")
-    p.add_argument("--lambda1", type=float,
-                   help="Eq. 1 lambda (default 10000, scaled with the data size)")
-    p.add_argument("--lambda2", type=float,
-                   help="Eq. 2 lambda (default 100, scaled with the data size)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.set_defaults(func=_cosine_faithfulness)
-
-
-def _cosine_faithfulness(args: argparse.Namespace) -> int:
-    settings = make_settings(args.users, args.items, args.clusters, args.dim, args.seed,
-                             args.quick, args.lambda1, args.lambda2)
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} exists and is not a directory")
-    run_study(settings, args.out, log=lambda m: print(m, flush=True))
-    print(f"report: {args.out / 'report.md'}", file=sys.stderr)
-    return 0

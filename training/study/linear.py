@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.data import Interactions
+from training.schema import Interactions
 
 
 @dataclass(frozen=True)
