@@ -114,8 +114,18 @@ def _plugins():
         yield entry.load()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``tfrs-cosine: error: ...``, exit 2), like every
+    other bad input; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"tfrs-cosine: error: {where}{' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tfrs-cosine",
         description="Two-tower retrieval with a dot or cosine head: train, evaluate, export, serve.",
     )

@@ -115,14 +115,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         path = Path(path)
         if not path.is_file():
             raise InputError(f"config file not found: {path}")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise InputError(f"config file {path} is not valid TOML: {e}") from None
+        raw = read_toml(path, "config file")
     for override in overrides:
         section, key, value = _parse_override(override)
         raw.setdefault(section, {})[key] = value
     return config_from_dict(raw)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Parses a UTF-8 TOML file; any unreadable, non-UTF-8 or invalid file is an ``InputError``."""
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{what} {path} is not valid TOML: {e}") from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from training.config import Config, config_from_dict
+from training.config import Config, config_from_dict, read_toml
 from training.errors import InputError
 
 RUN_INFO = "run.json"
@@ -109,7 +108,7 @@ def read_config(run_dir: Path) -> Config:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise InputError(f"{run_dir} has no {CONFIG}")
-    return config_from_dict(tomllib.loads(path.read_text()))
+    return config_from_dict(read_toml(path, "run config"))
 
 
 def read_vocabulary(run_dir: Path, name: str) -> list[str]:
