@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import InputError
+from training.feature_spec import (
+    FEATURE_TABLES,
+    FeatureConfig,
+    check_tower_widths,
+    parse_feature_table,
+    validate_features,
+)
 
 HEAD_NAMES = ("cosine", "dot")  # mirrors tfrs_cosine.HEADS without importing TensorFlow
 SPLITS = ("random", "leave-last-out")
@@ -58,6 +65,10 @@ class ModelConfig:
     remove_accidental_hits: bool = True
     logq_correction: bool = False
     num_hard_negatives: int = 0  # 0: every in-batch negative
+    # feature towers (training/feature_spec.py); all empty: today's id towers
+    user_features: dict[str, FeatureConfig] = field(default_factory=dict)
+    item_features: dict[str, FeatureConfig] = field(default_factory=dict)
+    query_context: dict[str, FeatureConfig] = field(default_factory=dict)
 
     def layers_for(self, tower: str) -> list[int]:
         own = self.user_tower_layers if tower == "user" else self.item_tower_layers
@@ -91,10 +102,15 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        tables = {
             name: {k: v for k, v in dataclasses.asdict(getattr(self, name)).items() if v is not None}
             for name in SECTIONS
         }
+        for key in FEATURE_TABLES:  # written only when set, each feature by its set keys
+            del tables["model"][key]
+            if getattr(self.model, key):
+                tables["model"][key] = {n: f.to_dict() for n, f in getattr(self.model, key).items()}
+        return tables
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
@@ -151,7 +167,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
                 raise InputError(
                     f"unknown config key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}"
                 )
+            if name == "model" and key in FEATURE_TABLES:
+                continue
             _check_type(f"{name}.{key}", value, typing.get_type_hints(cls)[key])
+        if name == "model":
+            features = {k: parse_feature_table(k, values[k]) for k in FEATURE_TABLES if k in values}
+            values = {**values, **features}
         sections[name] = cls(**values)
     config = Config(**sections)
     validate(config)
@@ -194,11 +215,8 @@ def validate(config: Config) -> None:
     for tower in ("user", "item"):
         layers = m.layers_for(tower)
         require(all(w >= 1 for w in layers), f"model tower layer widths must be >= 1, got {layers}")
-    out = {t_: (m.layers_for(t_) or [m.embedding_dim])[-1] for t_ in ("user", "item")}
-    require(
-        out["user"] == out["item"],
-        f"user and item towers must end at the same width, got {out['user']} and {out['item']}",
-    )
+    validate_features(m)
+    check_tower_widths(m, m.layers_for)
     require(t.epochs >= 1, f"training.epochs must be >= 1, got {t.epochs}")
     require(t.batch_size >= 2, f"training.batch_size must be >= 2, got {t.batch_size}")
     require(

@@ -8,17 +8,20 @@ needs no TensorFlow.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
-from tfrs_cosine import IdTower, TwoTowerModel, make_head
+from tfrs_cosine import FeatureTower, IdTower, TwoTowerModel, make_head
+from tfrs_cosine import features as encoders
 from training import rundir
-from training.config import Config
+from training.config import Config, ModelConfig
 from training.errors import InputError
+from training.feature_spec import FeatureConfig, tower_features, uses_features
+from training.feature_statistics import FeatureStatistics, required_statistics
 
 
 @dataclass
@@ -33,9 +36,20 @@ class TrainedRun:
 
 
 def build_model(
-    config: Config, users: Sequence[str], items: Sequence[str], logq: bool | None = None
+    config: Config,
+    users: Sequence[str],
+    items: Sequence[str],
+    logq: bool | None = None,
+    statistics: Mapping[str, FeatureStatistics] | None = None,
 ) -> TwoTowerModel:
-    """The ``TwoTowerModel`` a ``Config`` describes, over the given vocabularies."""
+    """The ``TwoTowerModel`` a ``Config`` describes, over the given vocabularies.
+
+    With no feature table in ``config.model`` both towers are ``IdTower``s (as in every
+    run before feature towers). Otherwise both are ``FeatureTower``s, and
+    ``statistics`` (feature name -> ``FeatureStatistics`` of the training data) holds
+    what their encoders need (``training.feature_statistics.required_statistics``);
+    ``users`` and ``items`` are the id vocabularies.
+    """
     m = config.model
 
     def tower(name: str, vocabulary: Sequence[str]) -> IdTower:
@@ -47,18 +61,94 @@ def build_model(
             name=f"{name}_tower",
         )
 
+    if uses_features(m):
+        if statistics is None:  # a caller that predates feature towers
+            raise InputError(
+                "the model has feature tables but no training-data feature statistics were "
+                "measured: this command does not support feature towers yet"
+            )
+        user_tower, item_tower = _feature_towers(m, users, items, statistics)
+    else:
+        user_tower, item_tower = tower("user", users), tower("item", items)
     model = TwoTowerModel(
-        user_tower=tower("user", users),
-        item_tower=tower("item", items),
+        user_tower=user_tower,
+        item_tower=item_tower,
         head=make_head(m.head, m.temperature, m.learn_temperature),
         remove_accidental_hits=m.remove_accidental_hits,
         logq_correction=m.logq_correction if logq is None else logq,
         num_hard_negatives=m.num_hard_negatives or None,
     )
     # Build every variable now so checkpoints restore eagerly.
-    model({"user_id": tf.constant([str(users[0])]), "item_id": tf.constant([str(items[0])])})
+    example = {"user_id": tf.constant([str(users[0])]), "item_id": tf.constant([str(items[0])])}
+    for side in (user_tower, item_tower):
+        if isinstance(side, FeatureTower):
+            example.update(encoders.placeholder_features(side.feature_spec))
+    model(example)
     model.head.build()
     return model
+
+
+def _feature_towers(
+    m: ModelConfig,
+    users: Sequence[str],
+    items: Sequence[str],
+    statistics: Mapping[str, FeatureStatistics],
+) -> tuple[FeatureTower, FeatureTower]:
+    """The two ``FeatureTower``s of ``m``'s feature tables (item tower first: a history
+    embeds with its id table)."""
+    towers: dict[str, FeatureTower] = {}
+    item_ids = None
+    for side, vocabulary in (("item", items), ("user", users)):
+        built = {}
+        for name, feature in tower_features(m, side).items():
+            try:
+                built[name] = _encoder(name, feature, m, vocabulary, statistics, item_ids)
+            except ValueError as e:
+                raise InputError(f"feature {name!r}: {e}") from None
+        if side == "item" and isinstance(built.get("item_id"), encoders.IdEncoder):
+            item_ids = built["item_id"]
+        towers[side] = FeatureTower(
+            built, m.layers_for(side), layer_norm=m.layer_norm, name=f"{side}_tower"
+        )
+    return towers["user"], towers["item"]
+
+
+def _encoder(
+    name: str,
+    feature: FeatureConfig,
+    m: ModelConfig,
+    ids: Sequence[str],
+    statistics: Mapping[str, FeatureStatistics],
+    item_ids: encoders.IdEncoder | None,
+) -> tf.keras.layers.Layer:
+    """The encoder of one feature; ``ids``: the tower's id vocabulary."""
+    stats = statistics.get(name, FeatureStatistics())
+    missing = [k for k in required_statistics(feature) if getattr(stats, k) is None]
+    if missing:
+        raise InputError(
+            f"feature {name!r} ({feature.type}) needs training statistics: {', '.join(missing)}"
+        )
+    dim = feature.embedding_dim or m.embedding_dim
+    kind = feature.type
+    if kind == "id":
+        return encoders.IdEncoder(ids, dim, name=name)
+    if kind in ("categorical", "multi_categorical"):
+        cls = {"categorical": encoders.CategoricalEncoder,
+               "multi_categorical": encoders.MultiCategoricalEncoder}[kind]
+        if feature.num_bins:
+            return cls(dim, num_bins=feature.num_bins, name=name)
+        return cls(dim, vocabulary=stats.vocabulary, name=name)
+    if kind == "text":
+        return encoders.TextEncoder(stats.vocabulary, dim, name=name)
+    if kind in ("numeric", "timestamp"):
+        cls = encoders.TimestampEncoder if kind == "timestamp" else encoders.NumericEncoder
+        boundaries = (list(feature.buckets) or stats.boundaries) if feature.bucketized else None
+        return cls(
+            stats.mean, stats.variance, boundaries, dim if feature.bucketized else None, name=name
+        )
+    if item_ids is None:  # validate_features refuses this config
+        raise InputError(f"feature {name!r}: a history needs an item id feature")
+    return encoders.HistoryEncoder(item_ids, feature.length, feature.pooling, name=name)
 
 
 def make_optimizer(config: Config) -> tf.keras.optimizers.Optimizer:
