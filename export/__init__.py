@@ -9,7 +9,7 @@ are pure Python; ``export_savedmodel``, ``export_model``, ``export_tables`` and
 reads an export's card. One module per job:
 
 ``options`` (ExportOptions), ``source`` (the run directory), ``tables`` (tower outputs),
-``index`` and ``recall`` (the top-K index, planned and measured), ``searchers`` (its
+``plan``, ``index`` and ``recall`` (the top-K index: planned, built, measured), ``searchers`` (its
 in-graph search), ``signatures`` (the tf.Module, shaped by ``contract``), ``reference``
 and ``verify`` (verification in a fresh process), ``versions`` (version folders,
 staging, cleanup, atomic publish), ``card`` (the model card), ``savedmodel`` (the API

@@ -12,12 +12,9 @@ Pure Python: the CLI checks options before TensorFlow loads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from export.errors import ExportError
-
-if TYPE_CHECKING:
-    from export.index import IndexPlan
+from export.plan import IndexPlan
 
 INDEX_KINDS = ("scann", "brute-force")
 
@@ -40,7 +37,7 @@ class ExportOptions:
         ``recall_sample`` sampled users (and items, for ``similar_items``).
       top_dimensions: m of ``explain``'s ``top_dimensions``/``contributions``; capped at
         the embedding width d.
-      plan: a fixed ScaNN plan (``export.index.IndexPlan``), never widened; None plans
+      plan: a fixed ScaNN plan (``export.plan.IndexPlan``), never widened; None plans
         from the catalog size and widens the search up to 3 times if recall is short.
       recall_sample: users (and items) sampled to measure the index's recall.
       verify: load the export in a fresh process and compare every signature with the

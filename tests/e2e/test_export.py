@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from export import (
     read_model_card,
 )
 from export.contract import EMBED_ITEMS, EMBED_USERS, EXPLAIN, SERVING_DEFAULT, SIMILAR_ITEMS
-from export.index import IndexPlan
+from export.plan import IndexPlan
 from export.reference import reference
 from export.scann_ops import register_scann_ops
 from export.verify import graph_ops, signature_metadata
@@ -447,8 +448,7 @@ def test_a_killed_export_is_cleaned_up_and_a_live_one_left_alone(run_dir, tmp_pa
 
 
 def _bad_run(run_dir: Path, tmp_path: Path, name: str, change) -> Path:
-    import shutil
-
+    """A copy of the complete run with one thing broken by ``change(copy)``."""
     copy = tmp_path / name
     shutil.copytree(run_dir, copy)
     change(copy)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from export import EmbeddingTables, ExportError, ExportOptions, export_tables
-from export.index import IndexPlan, plan_index, prepare_indexes
+from export.index import prepare_indexes
+from export.plan import IndexPlan, plan_index
 from export.recall import exact_top_k, recall_at_k
 
 

@@ -62,7 +62,7 @@ def test_bad_options_are_one_line_errors(fields, message):
 
 
 def test_a_plan_needs_the_scann_index():
-    from export.index import IndexPlan
+    from export.plan import IndexPlan
 
     ExportOptions(index="scann", plan=IndexPlan())
     with pytest.raises(ExportError, match="ScaNN plan was given for a brute-force index"):
