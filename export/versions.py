@@ -12,7 +12,8 @@ A failure or an interrupt removes the folder. A process killed outright (SIGKILL
 loss) cannot, so every export first removes the staging folders of dead exports of its
 base path: those whose name parses, whose host is this host and whose pid is gone (or a
 zombie). A live export's folder, another host's, and anything not named like a staging
-folder are left alone. Nothing is removed outside the base path.
+folder are left alone. Nothing is removed outside the base path. A dead export's pid
+reused by a new process keeps its folder until that process ends (the safe side).
 
 Listing a base path costs O(entries); nothing here loads TensorFlow.
 """
