@@ -82,9 +82,9 @@ def make_export(workdir: Path, k: int, overrides: list[str]) -> Path:
     )
     log("exporting with ScaNN")
     code = (
-        "from export.savedmodel import export_savedmodel\n"
-        f"export_savedmodel({str(run_dir)!r}, {str(base)!r}, version=1, index='scann', k={k}, "
-        "log=lambda m: None)"
+        "from export import ExportOptions, export_savedmodel\n"
+        f"export_savedmodel({str(run_dir)!r}, {str(base)!r}, "
+        f"ExportOptions(version=1, index='scann', k={k}), log=lambda m: None)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True)
     return base

@@ -18,6 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# Files of an export besides the SavedModel, relative to ``models/NAME/<version>/``.
+MODEL_CARD = "assets.extra/model_card.json"
+USER_VOCABULARY = "assets/users.txt"  # one id per line, UTF-8; line i is table row i + 1
+ITEM_VOCABULARY = "assets/items.txt"
+
 # Dimensions whose size a request chooses; the rest are fixed per export.
 FREE_DIMS = ("batch", "n")
 FIXED_DIMS = ("K", "m", "d")

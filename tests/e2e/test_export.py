@@ -1,15 +1,19 @@
-"""Export: SavedModel signatures, ScaNN and brute-force indexes, atomic versioned writes.
+"""Export end to end: verified SavedModels, fresh processes, the CLI, killed exports.
 
-Small models are built directly (IdTower + make_head) and exported from memory; one
-test trains a tiny run and exports it through ``export_savedmodel`` and the CLI. Every
-export with ``verify=True`` has been loaded and checked in a fresh Python process
-(``export.verify``) before it was published.
+Small models are built directly (IdTower + make_head) and exported from memory; a tiny
+trained run (the session's ``cosine_run_dir``) is exported through
+``export_savedmodel`` and the CLI. Every export with verification on was loaded and
+checked in a fresh Python process (``export.verify``) before it was published. Signature
+and input names come from ``export.contract``. What needs no subprocess is in
+tests/unit/test_export_*.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +22,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import index as index_lib
-from export import savedmodel
-from export.errors import ExportError
-from export.savedmodel import EmbeddingTables, existing_versions, export_model, read_model_card
+from export import (
+    EmbeddingTables,
+    ExportError,
+    ExportOptions,
+    contract,
+    export_model,
+    export_savedmodel,
+    export_tables,
+    read_model_card,
+)
+from export.contract import EMBED_ITEMS, EMBED_USERS, EXPLAIN, SERVING_DEFAULT, SIMILAR_ITEMS
+from export.plan import IndexPlan
+from export.reference import reference
 from export.scann_ops import register_scann_ops
-from export.verify import contract_problems, graph_ops, signature_metadata
+from export.verify import graph_ops, signature_metadata
+from export.versions import existing_versions
 from tfrs_cosine import IdTower, TwoTowerModel, make_head
 
-PROJECT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K = 10
 TEMPERATURE = 0.2
 NUM_USERS, NUM_ITEMS, DIM = 60, 120, 8
@@ -49,6 +63,12 @@ def _quiet(message: str) -> None:
     pass
 
 
+def call(model, signature: contract.Signature, *inputs) -> dict[str, np.ndarray]:
+    """A signature of a loaded export, inputs given in the contract's order."""
+    arguments = {spec.name: tf.constant(x) for spec, x in zip(signature.inputs, inputs, strict=True)}
+    return {key: value.numpy() for key, value in model.signatures[signature.name](**arguments).items()}
+
+
 @pytest.fixture(scope="module")
 def models():
     return {
@@ -66,7 +86,8 @@ def exports(models, tmp_path_factory):
         model, users, items = models[head]
         for index in ("scann", "brute-force"):
             out[head, index] = export_model(
-                model, users, items, root / f"{head}-{index}", index=index, k=K, log=_quiet
+                model, users, items, root / f"{head}-{index}", ExportOptions(index=index, k=K),
+                log=_quiet,
             )
     return out
 
@@ -85,23 +106,21 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
 
-# ----------------------------------------------------------------------------------------
-# round trip, metadata, values
-
-
 def _fresh_python(*args: str) -> subprocess.CompletedProcess:
     """Runs Python in a new process without TF_USE_LEGACY_KERAS (as a server would)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=PROJECT, env=env
-    )
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+# ----------------------------------------------------------------------------------------
+# round trip, metadata, values
 
 
 def test_round_trip_verified_in_a_fresh_process(exports):
     for (head, index), path in exports.items():
         assert path.name == "1" and (path / "saved_model.pb").is_file()
-        assert [p.name for p in path.parent.iterdir()] == ["1"]  # no temporary folder left
+        assert [p.name for p in path.parent.iterdir()] == ["1"]  # no staging folder left
         card = read_model_card(path)
         # Checked against the in-memory model in a fresh process before publishing.
         assert card["verification"]["checks"] >= 30, (head, index)
@@ -119,22 +138,19 @@ def test_round_trip_verified_in_a_fresh_process(exports):
     assert {r["index"] for r in reports} == {"scann", "brute-force"}
 
 
-def test_signature_metadata_names_dtypes_and_shapes(exports):
+def test_saved_signatures_are_the_contract(exports):
+    sizes = {"K": K, "m": 5, "d": DIM}
     for (head, index), path in exports.items():
         metadata = signature_metadata(path)
-        assert contract_problems(metadata, K, 5, DIM) == [], (head, index)
-        serving = metadata["serving_default"]
-        assert serving["inputs"] == {"user_id": ("string", [-1])}
-        assert serving["outputs"]["item_ids"] == ("string", [-1, K])
-        assert serving["outputs"]["scores"] == ("float32", [-1, K])
-        explain = metadata["explain"]
-        assert explain["inputs"]["item_ids"] == ("string", [-1, -1])
-        assert explain["outputs"]["top_dimensions"] == ("int32", [-1, -1, 5])
-        assert explain["outputs"]["cosine_is_training_objective"] == ("bool", [-1])
-        assert metadata["similar_items"]["outputs"]["known_item"] == ("bool", [-1])
-        assert metadata["embed_items"]["outputs"]["embeddings"] == ("float32", [-1, DIM])
+        assert contract.contract_problems(metadata, sizes) == [], (head, index)
+        assert contract.sizes_from_card(read_model_card(path)) == sizes
+        for signature in contract.SIGNATURES.values():
+            for side, specs in (("inputs", signature.inputs), ("outputs", signature.outputs)):
+                for spec in specs:
+                    dims = [-1 if d is None else d for d in spec.dims(sizes)]
+                    assert metadata[signature.name][side][spec.name] == (spec.dtype, dims)
     # The contract check itself notices a wrong shape.
-    assert contract_problems(signature_metadata(exports["dot", "scann"]), K + 1, 5, DIM)
+    assert contract.contract_problems(signature_metadata(exports["dot", "scann"]), {**sizes, "K": K + 1})
 
 
 @pytest.mark.parametrize("head", ["cosine", "dot"])
@@ -145,10 +161,7 @@ def test_explanation_matches_a_numpy_reference(models, loaded, head):
     item_rows = np.stack([rng.choice(NUM_ITEMS, size=4, replace=False) + 1 for _ in user_rows])
     user_ids = [tables.users[r - 1] for r in user_rows]
     item_ids = [[tables.items[r - 1] for r in row] for row in item_rows]
-    out = loaded[head, "scann"].signatures["explain"](
-        user_id=tf.constant(user_ids), item_ids=tf.constant(item_ids)
-    )
-    out = {key: value.numpy() for key, value in out.items()}
+    out = call(loaded[head, "scann"], EXPLAIN, user_ids, item_ids)
 
     u = tables.user_vectors[user_rows].astype(np.float64)
     items = tables.item_vectors[item_rows].astype(np.float64)
@@ -175,11 +188,8 @@ def test_explanation_matches_a_numpy_reference(models, loaded, head):
 @pytest.mark.parametrize("index", ["scann", "brute-force"])
 def test_cosine_scores_in_range_and_ordered_by_cosine(models, loaded, index):
     tables = _tables(models, "cosine")
-    out = loaded["cosine", index].signatures["serving_default"](
-        user_id=tf.constant(tables.users)
-    )
-    ids = out["item_ids"].numpy().astype(str)
-    scores = out["scores"].numpy()
+    out = call(loaded["cosine", index], SERVING_DEFAULT, tables.users)
+    ids, scores = out["item_ids"].astype(str), out["scores"]
     assert np.all(scores >= -1.0) and np.all(scores <= 1.0)
     assert np.all(np.diff(scores, axis=1) <= 0)
     position = {item: i for i, item in enumerate(tables.items)}
@@ -194,40 +204,32 @@ def test_cosine_scores_in_range_and_ordered_by_cosine(models, loaded, index):
 
 def test_dot_scores_are_raw_dot_products(models, loaded):
     tables = _tables(models, "dot")
-    out = loaded["dot", "brute-force"].signatures["serving_default"](
-        user_id=tf.constant(tables.users[:8])
-    )
+    out = call(loaded["dot", "brute-force"], SERVING_DEFAULT, tables.users[:8])
     position = {item: i for i, item in enumerate(tables.items)}
-    rows = np.vectorize(position.get)(out["item_ids"].numpy().astype(str))
+    rows = np.vectorize(position.get)(out["item_ids"].astype(str))
     all_scores = tables.user_vectors[1:9] @ tables.item_vectors[1:].T
     np.testing.assert_array_equal(rows, np.argsort(-all_scores, axis=1, kind="stable")[:, :K])
     np.testing.assert_allclose(
-        out["scores"].numpy(), np.take_along_axis(all_scores, rows, 1), rtol=1e-5, atol=1e-5
+        out["scores"], np.take_along_axis(all_scores, rows, 1), rtol=1e-5, atol=1e-5
     )
 
 
 def test_faithfulness_flag_follows_the_head(loaded):
     for (head, index), model in loaded.items():
-        out = model.signatures["explain"](
-            user_id=tf.constant(["user-0", "user-1", "nobody"]),
-            item_ids=tf.constant([["item 0"], ["item 1"], ["item 2"]]),
-        )
-        expected = [head == "cosine"] * 3
-        assert out["cosine_is_training_objective"].numpy().tolist() == expected, (head, index)
+        out = call(model, EXPLAIN, ["user-0", "user-1", "nobody"], [["item 0"], ["item 1"], ["item 2"]])
+        assert out["cosine_is_training_objective"].tolist() == [head == "cosine"] * 3, (head, index)
 
 
 def test_unknown_ids_are_answered_and_flagged(loaded):
     model = loaded["dot", "scann"]
-    out = model.signatures["serving_default"](user_id=tf.constant(["user-3", "stranger"]))
-    assert out["known_user"].numpy().tolist() == [True, False]
-    assert (out["item_ids"].numpy() != b"").all()  # the unknown user still gets K items
-    out = model.signatures["explain"](
-        user_id=tf.constant(["stranger"]), item_ids=tf.constant([["item 1", "no such item"]])
-    )
-    assert out["known_user"].numpy().tolist() == [False]
-    assert out["known_items"].numpy().tolist() == [[True, False]]
-    out = model.signatures["similar_items"](item_id=tf.constant(["item 1", "no such item"]))
-    assert out["known_item"].numpy().tolist() == [True, False]
+    out = call(model, SERVING_DEFAULT, ["user-3", "stranger"])
+    assert out["known_user"].tolist() == [True, False]
+    assert (out["item_ids"] != b"").all()  # the unknown user still gets K items
+    out = call(model, EXPLAIN, ["stranger"], [["item 1", "no such item"]])
+    assert out["known_user"].tolist() == [False]
+    assert out["known_items"].tolist() == [[True, False]]
+    out = call(model, SIMILAR_ITEMS, ["item 1", "no such item"])
+    assert out["known_item"].tolist() == [True, False]
     assert out["item_ids"].shape == (2, K)
 
 
@@ -235,28 +237,23 @@ def test_unknown_ids_are_answered_and_flagged(loaded):
 def test_similar_items_are_cosine_neighbours_without_the_item(models, loaded, head):
     tables = _tables(models, head)
     queries = tables.items[:20]
-    out = loaded[head, "scann"].signatures["similar_items"](item_id=tf.constant(queries))
-    ids = out["item_ids"].numpy().astype(str)
+    out = call(loaded[head, "scann"], SIMILAR_ITEMS, queries)
+    ids = out["item_ids"].astype(str)
     assert all(query not in row for query, row in zip(queries, ids, strict=True))
     unit = _unit(tables.item_vectors[1:])
     similarity = unit[:20] @ unit.T
     np.fill_diagonal(similarity[:, :20], -np.inf)
     expected = np.array(tables.items)[np.argsort(-similarity, axis=1, kind="stable")[:, :K]]
     np.testing.assert_array_equal(ids, expected)
-    np.testing.assert_allclose(
-        out["cosine"].numpy(), -np.sort(-similarity, axis=1)[:, :K], atol=1e-5
-    )
+    np.testing.assert_allclose(out["cosine"], -np.sort(-similarity, axis=1)[:, :K], atol=1e-5)
 
 
 def test_embeddings_are_what_the_head_compares(models, loaded):
     for head in ("cosine", "dot"):
         tables = _tables(models, head)
-        users = loaded[head, "brute-force"].signatures["embed_users"](
-            user_id=tf.constant(tables.users[:4])
-        )["embeddings"].numpy()
-        items = loaded[head, "brute-force"].signatures["embed_items"](
-            item_id=tf.constant(tables.items[:4])
-        )["embeddings"].numpy()
+        model = loaded[head, "brute-force"]
+        users = call(model, EMBED_USERS, tables.users[:4])["embeddings"]
+        items = call(model, EMBED_ITEMS, tables.items[:4])["embeddings"]
         raw_users, raw_items = tables.user_vectors[1:5], tables.item_vectors[1:5]
         if head == "cosine":
             np.testing.assert_allclose(users, _unit(raw_users), atol=1e-6)
@@ -270,79 +267,75 @@ def test_two_scann_exports_in_one_process_answer_independently(models, loaded):
     """Each ScaNN index has its own resource: loading a second model must not alias it."""
     for head in ("dot", "cosine"):
         tables = _tables(models, head)
-        out = loaded[head, "scann"].signatures["serving_default"](
-            user_id=tf.constant(tables.users[:10])
-        )
+        out = call(loaded[head, "scann"], SERVING_DEFAULT, tables.users[:10])
         prepare = _unit if head == "cosine" else (lambda x: x)
         scores = prepare(tables.user_vectors[1:11]) @ prepare(tables.item_vectors[1:]).T
         expected = np.array(tables.items)[np.argsort(-scores, axis=1, kind="stable")[:, :K]]
-        np.testing.assert_array_equal(out["item_ids"].numpy().astype(str), expected)
+        np.testing.assert_array_equal(out["item_ids"].astype(str), expected)
 
 
 # ----------------------------------------------------------------------------------------
-# the portable variant
+# the portable variant, in a process without custom ops
 
 
 def test_portable_graph_has_only_stock_tensorflow_ops(exports):
-    # A process with no custom ops loaded (scann never imported) judges each op set.
+    # A process with no custom ops loaded (scann never imported) judges each op set, loads
+    # the brute-force exports with stock TensorFlow and sends explain mismatched batches.
     code = (
         "import json, sys\n"
+        "import tensorflow as tf\n"
         "from export.verify import graph_ops, unregistered_ops\n"
         "unknown = [unregistered_ops(graph_ops(path)) for path in sys.argv[1:]]\n"
+        "refused = []\n"
+        "for path in sys.argv[1:3]:\n"
+        "    explain = tf.saved_model.load(path).signatures['explain']\n"
+        "    try:\n"
+        "        explain(user_id=tf.constant(['user-0', 'user-1']), item_ids=tf.constant([['item 0']]))\n"
+        "        refused.append(None)\n"
+        "    except tf.errors.InvalidArgumentError as error:\n"
+        "        refused.append(' '.join(error.message.split()))\n"
         "assert 'scann' not in sys.modules\n"
-        "print(json.dumps(unknown))\n"
+        "print(json.dumps([unknown, refused]))\n"
     )
     keys = [("cosine", "brute-force"), ("dot", "brute-force"), ("dot", "scann")]
     result = _fresh_python("-c", code, *(str(exports[key]) for key in keys))
     assert result.returncode == 0, result.stderr
-    unknown = dict(zip(keys, json.loads(result.stdout.strip().splitlines()[-1]), strict=True))
+    unknown, refused = json.loads(result.stdout.strip().splitlines()[-1])
+    unknown = dict(zip(keys, unknown, strict=True))
     assert unknown["cosine", "brute-force"] == [] and unknown["dot", "brute-force"] == []
     for head in ("cosine", "dot"):
         ops = graph_ops(exports[head, "brute-force"])
-        assert {"MatMul", "TopKV2", "LookupTableFindV2"} <= ops
+        assert {"MatMul", "TopKV2", "LookupTableFindV2", "Assert"} <= ops
         assert not [op for op in ops if op.startswith("Scann")]
     # The check can fail: the ScaNN variant's custom ops are unknown to stock TensorFlow.
     assert "Scann>ScannSearchBatched" in unknown["dot", "scann"]
+    # 2 users, 1 row of items: INVALID_ARGUMENT naming both sizes, not a broadcast answer.
+    user_id, item_ids = EXPLAIN.input_names
+    for message in refused:
+        assert message is not None, "explain answered mismatched batch sizes"
+        assert f"explain: {user_id} has] [2] [rows but {item_ids} has] [1] [rows" in message
 
 
 # ----------------------------------------------------------------------------------------
-# the ScaNN index: plans, measured recall
-
-
-def test_plan_follows_scann_guidance():
-    small = index_lib.plan_index(5_000, 100, normalized=True)
-    assert small.exact and small.num_leaves == 0
-    medium = index_lib.plan_index(50_000, 100, normalized=True)
-    assert medium.scoring == "asymmetric_hashing" and medium.num_leaves == 0
-    assert medium.reorder > 100 and medium.anisotropic_quantization_threshold == 0.2
-    large = index_lib.plan_index(1_000_000, 10, normalized=False)
-    assert large.num_leaves == 1000 and 1 <= large.leaves_to_search < 1000
-    assert large.reorder >= 10 and large.anisotropic_quantization_threshold is None
-    assert large.sentence(1_000_000).startswith("Partition 1,000,000 items into 1000 leaves")
-    wider = large.widened()
-    assert wider.leaves_to_search == 2 * large.leaves_to_search and wider.reorder == 2 * large.reorder
-
-
-def _clustered_tables(num_items: int, seed: int = 0) -> EmbeddingTables:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(20, 16)).astype(np.float32)
-    items = centres[rng.integers(20, size=num_items + 1)] + 0.3 * rng.normal(size=(num_items + 1, 16))
-    users = centres[rng.integers(20, size=301)] + 0.3 * rng.normal(size=(301, 16))
-    return EmbeddingTables(
-        head="cosine", temperature=1.0,
-        users=[f"u{i}" for i in range(300)], items=[f"i{i}" for i in range(num_items)],
-        user_vectors=users.astype(np.float32), item_vectors=items.astype(np.float32),
-    )
+# a partitioned ScaNN index, measured and verified
 
 
 def test_partitioned_scann_index_is_measured_and_verified(tmp_path):
-    tables = _clustered_tables(3000)
-    plan = index_lib.IndexPlan(
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16)).astype(np.float32)
+    items = centres[rng.integers(20, size=3001)] + 0.3 * rng.normal(size=(3001, 16))
+    users = centres[rng.integers(20, size=301)] + 0.3 * rng.normal(size=(301, 16))
+    tables = EmbeddingTables(
+        head="cosine", temperature=1.0,
+        users=[f"u{i}" for i in range(300)], items=[f"i{i}" for i in range(3000)],
+        user_vectors=users.astype(np.float32), item_vectors=items.astype(np.float32),
+    )
+    plan = IndexPlan(
         num_leaves=20, leaves_to_search=10, scoring="asymmetric_hashing",
         anisotropic_quantization_threshold=0.2, reorder=100,
     )
-    path = savedmodel.export_tables(
-        tables, tmp_path / "m", index="scann", k=K, plan=plan, min_recall=0.9, log=_quiet
+    path = export_tables(
+        tables, tmp_path / "m", ExportOptions(k=K, plan=plan, min_recall=0.9), log=_quiet
     )
     card = read_model_card(path)
     assert card["index"]["parameters"]["num_leaves"] == 20
@@ -351,181 +344,165 @@ def test_partitioned_scann_index_is_measured_and_verified(tmp_path):
     assert "Scann>ScannSearchBatched" in graph_ops(path)
 
 
-def test_recall_below_threshold_fails_and_writes_nothing(tmp_path):
-    tables = _clustered_tables(3000, seed=1)
-    poor = index_lib.IndexPlan(num_leaves=40, leaves_to_search=1, scoring="asymmetric_hashing")
-    base = tmp_path / "models" / "poor"
-    with pytest.raises(ExportError, match=r"recall@10 is 0\.\d+, below --min-recall 0.99"):
-        savedmodel.export_tables(
-            tables, base, index="scann", k=K, plan=poor, min_recall=0.99, log=_quiet
-        )
-    assert not base.exists()
-
-
-def test_recall_measurement_counts_misses():
-    rng = np.random.default_rng(0)
-    queries, catalog = rng.normal(size=(5, 4)), rng.normal(size=(50, 4))
-    scores, exact = index_lib.exact_top_k(queries, catalog, 5)
-    assert index_lib.recall_at_k(queries, catalog, exact, scores) == 1.0
-    worst = np.argsort(queries @ catalog.T, axis=1)[:, :5]
-    assert index_lib.recall_at_k(queries, catalog, worst, scores) == 0.0
-    padded = exact.copy()
-    padded[:, -1] = -1
-    assert index_lib.recall_at_k(queries, catalog, padded, scores) == pytest.approx(0.8)
-
-
-# ----------------------------------------------------------------------------------------
-# versions, bad input, interrupts
-
-
-def test_version_numbering(models, tmp_path):
-    model, users, items = models["dot"]
-    base = tmp_path / "models" / "demo"
-
-    def export(**kwargs):
-        return export_model(
-            model, users, items, base, index="brute-force", k=3, verify=False, log=_quiet, **kwargs
-        )
-
-    assert export().name == "1"
-    assert export(version=5).name == "5"
-    (base / "notes").mkdir()  # not a version: ignored, as TF Serving ignores it
-    assert export().name == "6"
-    assert existing_versions(base) == [1, 5, 6]
-    assert export(version=3).name == "3"
-    assert existing_versions(base) == [1, 3, 5, 6]
-
-
-def test_bad_input_is_a_one_line_error_and_writes_nothing(models, tmp_path):
-    model, users, items = models["cosine"]
-    base = tmp_path / "models" / "m"
-    existing = export_model(
-        model, users, items, base, index="brute-force", k=3, verify=False, log=_quiet
-    )
-    before = sorted((p.relative_to(base), p.stat().st_mtime_ns) for p in base.rglob("*"))
-    cases = [
-        ({"k": NUM_ITEMS + 1}, "larger than the catalog"),
-        ({"k": 0}, "--k must be an integer >= 1"),
-        ({"version": 1}, "version 1 already exists"),
-        ({"index": "faiss"}, "unknown index 'faiss'"),
-        ({"min_recall": 1.5}, "--min-recall must be in"),
-    ]
-    for kwargs, message in cases:
-        with pytest.raises(ExportError, match=message) as error:
-            export_model(model, users, items, base, verify=False, log=_quiet, **kwargs)
-        assert "\n" not in str(error.value)
-    after = sorted((p.relative_to(base), p.stat().st_mtime_ns) for p in base.rglob("*"))
-    assert after == before and existing.is_dir()
-
-    a_file = tmp_path / "models" / "file"
-    a_file.write_text("not a folder")
-    with pytest.raises(ExportError, match="is a file"):
-        export_model(model, users, items, a_file, verify=False, log=_quiet)
-
-
-def test_interrupted_export_leaves_no_version_folder(models, tmp_path, monkeypatch):
-    model, users, items = models["dot"]
-    base = tmp_path / "models" / "m"
-    export_model(model, users, items, base, index="brute-force", k=3, verify=False, log=_quiet)
-    card_before = (base / "1" / "assets.extra" / "model_card.json").read_text()
-    written = []
-
-    def interrupted(staging: Path, target: Path) -> None:
-        written.append((staging / "saved_model.pb").is_file())
-        raise KeyboardInterrupt  # after the SavedModel is written, before the rename
-
-    monkeypatch.setattr(savedmodel, "_publish", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        export_model(model, users, items, base, index="scann", k=3, verify=False, log=_quiet)
-    assert written == [True]
-    assert sorted(p.name for p in base.iterdir()) == ["1"]
-    assert (base / "1" / "assets.extra" / "model_card.json").read_text() == card_before
-
-    # A fresh base path that only the failed export created is removed as well.
-    fresh = tmp_path / "models" / "fresh"
-    with pytest.raises(KeyboardInterrupt):
-        export_model(model, users, items, fresh, index="brute-force", k=3, verify=False, log=_quiet)
-    assert not fresh.exists()
-
-
-# ----------------------------------------------------------------------------------------
-# a real run directory, through export_savedmodel and the CLI
-
-
-@pytest.fixture(scope="module")
-def run_dir(request, tmp_path_factory):
-    """The lead's session fixture when conftest.py has it, else a tiny run trained here."""
-    try:
-        return Path(request.getfixturevalue("cosine_run_dir"))
-    except pytest.FixtureLookupError:
-        pass
-    from training.config import load_config
-    from training.train import train
-
-    config = load_config(
-        PROJECT / "training" / "configs" / "synthetic.toml",
-        ["training.epochs=2", "data.num_users=300", "data.num_items=80"],
-    )
-    return train(config, tmp_path_factory.mktemp("runs") / "cosine", log=_quiet, verbose=0)
-
-
-def test_export_a_run_directory_from_the_command_line(run_dir, tmp_path, capsys):
-    from training.cli import main
-
-    base = tmp_path / "models" / "synthetic"
-    code = main([
-        "export", str(run_dir), "--model-base-path", str(base), "--index", "brute-force",
-        "--k", "5", "--top-dimensions", "3",
-    ])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert f"exported {base / '1'}" in out
-    assert "index recall@5: 1.0000" in out and "cosine is the training objective: yes" in out
-    card = read_model_card(base / "1")
-    assert card["dataset"]["num_items"] == card["num_items"]
-    assert card["metrics"]["test"] and card["config"]["model"]["head"] == "cosine"
-    assert card["top_dimensions"] == 3 and card["model"]["layer_norm"] is True
-
-    path = savedmodel.export_savedmodel(run_dir, base, index="scann", k=5, log=_quiet)
-    assert path == base / "2"
-    assert read_model_card(path)["index"]["type"] == "scann"
-
-    # Bad input: one line on stderr, exit code 2, nothing new written.
-    for argv, message in [
-        ([str(run_dir), "--k", "0"], "--k must be an integer >= 1"),
-        ([str(run_dir), "--version", "2"], "version 2 already exists"),
-        ([str(tmp_path / "missing")], "run directory not found"),
-    ]:
-        assert main(["export", *argv, "--model-base-path", str(base)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("tfrs-cosine: error:") and message in err and "\n" not in err
-    assert existing_versions(base) == [1, 2]
-
-
-def test_unfinished_run_is_refused(run_dir, tmp_path):
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    info = json.loads((run_dir / "run.json").read_text())
-    (unfinished / "run.json").write_text(json.dumps({**info, "status": "running"}))
-    with pytest.raises(ExportError, match="not complete"):
-        savedmodel.export_savedmodel(unfinished, tmp_path / "models" / "x", log=_quiet)
-    assert not (tmp_path / "models").exists()
-
-
 def test_verification_notices_a_wrong_model(models, exports, tmp_path):
     """The verifier is not a rubber stamp: another model's expected outputs fail it."""
     from export.verify import verify
 
     other = _tables(models, "dot")  # same ids, other embeddings
     other.head = "cosine"
-    reference = savedmodel._reference(  # noqa: SLF001
-        other, make_head("cosine", TEMPERATURE), K, 5, np.random.default_rng(0)
+    expected = reference(
+        other, make_head("cosine", TEMPERATURE), ExportOptions(k=K), np.random.default_rng(0)
     )
     path = tmp_path / "reference.npz"
-    np.savez(path, **reference)
+    np.savez(path, **expected)
     report = verify(exports["cosine", "brute-force"], path)
     assert report["ok"] is False
     problems = " ".join(report["problems"])
     assert "explain cosine equal to tfrs_cosine.explain" in problems
     assert "serving_default top-K identical to the in-memory model" in problems
     assert "loaded without the training stack" in problems  # this test process has TFRS
+    assert "explain refuses mismatched batch sizes" not in problems
+
+
+# ----------------------------------------------------------------------------------------
+# a real run directory: export_savedmodel, the CLI, killed exports, bad runs
+
+
+@pytest.fixture(scope="module")
+def run_dir(cosine_run_dir) -> Path:
+    return Path(cosine_run_dir)
+
+
+def test_export_a_run_directory(run_dir, tmp_path):
+    base = tmp_path / "models" / "synthetic"
+    options = ExportOptions(index="scann", k=5, top_dimensions=3)
+    path = export_savedmodel(run_dir, base, options, log=_quiet)
+    assert path == base / "1" and existing_versions(base) == [1]
+    card = read_model_card(path)
+    assert card["index"]["type"] == "scann" and card["verification"]["checks"] >= 30
+    assert card["dataset"]["num_items"] == card["num_items"]
+    assert card["metrics"]["test"] and card["config"]["model"]["head"] == "cosine"
+    assert card["top_dimensions"] == 3 and card["model"]["layer_norm"] is True
+    assert card["run_dir"] == str(run_dir.resolve())
+
+
+def _start_export(run_dir: Path, base: Path, env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "training.cli", "export", str(run_dir), "--model-base-path",
+         str(base), "--index", "brute-force", "--k", "5", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+
+
+def _staging_folder(process: subprocess.Popen) -> tuple[Path, str]:
+    """Reads the export's log until it names its staging folder (the folder exists then)."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("export: writing the SavedModel to "):
+            return Path(line.partition(" to ")[2].strip()), "".join(seen)
+    raise AssertionError(f"the export ended (exit {process.wait()}) before staging:\n{''.join(seen)}")
+
+
+def test_a_killed_export_is_cleaned_up_and_a_live_one_left_alone(run_dir, tmp_path):
+    base = tmp_path / "models" / "m"
+    temp = tmp_path / "tmp"  # TMPDIR of the exports: nothing may be left there
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp), TF_CPP_MIN_LOG_LEVEL="3")
+
+    killed = _start_export(run_dir, base, env)
+    killed_folder, _ = _staging_folder(killed)
+    os.killpg(killed.pid, signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    killed.stdout.close()
+    assert killed_folder.is_dir() and killed_folder.parent == base
+    assert existing_versions(base) == []
+
+    # The next export removes what the killed one left, before it stages its own.
+    paused = _start_export(run_dir, base, env)
+    paused_folder, log = _staging_folder(paused)
+    os.killpg(paused.pid, signal.SIGSTOP)  # a live export, stopped while it stages version 1
+    assert f"export: removed {killed_folder.name}, left by export process {killed.pid}" in log
+    assert not killed_folder.exists()
+    try:
+        third = subprocess.run(
+            [sys.executable, "-m", "training.cli", "export", str(run_dir), "--model-base-path",
+             str(base), "--index", "brute-force", "--k", "5"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert third.returncode == 0, third.stdout + third.stderr
+        assert "export: removed" not in third.stdout
+        assert paused_folder.is_dir()  # the live export's folder is left alone
+        # Version 1 is being staged by the live export: the next free one is 2.
+        assert f"exported {base / '2'}" in third.stdout
+        assert "index recall@5: 1.0000" in third.stdout
+        assert "cosine is the training objective: yes" in third.stdout
+    finally:
+        os.killpg(paused.pid, signal.SIGCONT)
+    output, _ = paused.communicate(timeout=600)
+    assert paused.returncode == 0, output
+    assert f"exported {base / '1'}" in output
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+    assert list(temp.iterdir()) == []  # no scratch folder in TMPDIR, not even the killed one's
+
+
+def _bad_run(run_dir: Path, tmp_path: Path, name: str, change) -> Path:
+    """A copy of the complete run with one thing broken by ``change(copy)``."""
+    copy = tmp_path / name
+    shutil.copytree(run_dir, copy)
+    change(copy)
+    return copy
+
+
+BAD_RUNS = [
+    ("run-json-binary", lambda r: (r / "run.json").write_bytes(b"\xff\xfe{"), "run.json is not UTF-8 text"),
+    ("run-json-list", lambda r: (r / "run.json").write_text("[1]"), "run.json is not a JSON object"),
+    ("run-json-broken", lambda r: (r / "run.json").write_text("{bad"), "run.json is not valid JSON"),
+    ("config-binary", lambda r: (r / "config.toml").write_bytes(b"x = \xff\n"), "is not UTF-8 text"),
+    ("config-broken", lambda r: (r / "config.toml").write_text("[model"), "is not valid TOML"),
+    ("config-missing", lambda r: (r / "config.toml").unlink(), "has no config.toml"),
+    ("vocab-binary", lambda r: (r / "vocab" / "items.txt").write_bytes(b"a\n\xff\n"),
+     "items.txt is not UTF-8 text"),
+    ("vocab-empty", lambda r: (r / "vocab" / "items.txt").write_text(""), "items.txt is empty"),
+    ("vocab-missing", lambda r: (r / "vocab" / "users.txt").unlink(), "has no vocabulary users.txt"),
+    ("vocab-repeated", lambda r: (r / "vocab" / "items.txt").write_text("a\nb\na\n"),
+     "repeats id 'a' at line 3"),
+    ("weights-corrupt", lambda r: (r / "model" / "weights.data-00000-of-00001").write_bytes(b"junk"),
+     "cannot restore weights"),
+    ("weights-missing", lambda r: [p.unlink() for p in (r / "model").iterdir()], "cannot restore weights"),
+]
+
+
+def test_bad_runs_and_targets_are_one_line_errors(run_dir, tmp_path, capsys):
+    from training.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("a file, not a folder")
+    cases = [
+        ([str(_bad_run(run_dir, tmp_path, name, change))], message)
+        for name, change, message in BAD_RUNS
+    ] + [
+        ([str(a_file)], "is a file, not a directory"),
+        ([str(run_dir), "--model-base-path", str(a_file / "m")], "cannot be created: "),
+        ([str(run_dir), "--version", "0"], "--version must be an integer >= 1"),
+        ([str(run_dir), "--top-dimensions", "0"], "--top-dimensions must be an integer >= 1"),
+        ([str(run_dir), "--min-recall", "nan"], "--min-recall must be in [0, 1]"),
+    ]
+    base = tmp_path / "models" / "m"
+    for argv, message in cases:
+        if "--model-base-path" not in argv:
+            argv = [*argv, "--model-base-path", str(base)]
+        assert main(["export", *argv, "--index", "brute-force", "--k", "5"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tfrs-cosine: error:") and message in err, (argv, err)
+        assert "\n" not in err, err
+        assert not base.exists() and not (a_file / "m").exists()  # nothing written
+    with pytest.raises(ExportError, match="is not complete"):
+        export_savedmodel(
+            _bad_run(run_dir, tmp_path, "running", lambda r: (r / "run.json").write_text(
+                json.dumps({**json.loads((run_dir / "run.json").read_text()), "status": "running"})
+            )),
+            base, log=_quiet,
+        )
+    assert not base.exists()

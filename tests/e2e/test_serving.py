@@ -1,6 +1,6 @@
 """Serving end to end: real exports, a real server subprocess, the official stubs and HTTP.
 
-The exports are made by the real exporter (``export.savedmodel.export_savedmodel``) from
+The exports are made by the real exporter (``export.export_savedmodel``) from
 tiny trained runs (conftest's ``cosine_run_dir`` and ``dot_run_dir``). The server runs as
 ``python -m training.cli serve`` on free loopback ports and is driven only through
 ``tensorflow_serving.apis`` stubs and plain HTTP (urllib).
@@ -62,10 +62,10 @@ def free_port() -> int:
 def export(specs: list[tuple[Path, Path, int, str]]) -> None:
     """Runs the real exporter in a fresh process: (run_dir, base_path, version, index)."""
     code = "\n".join(
-        ["from export.savedmodel import export_savedmodel"]
+        ["from export import ExportOptions, export_savedmodel"]
         + [
-            f"export_savedmodel({str(run)!r}, {str(base)!r}, version={version}, "
-            f"index={index!r}, k={K}, log=lambda m: None)"
+            f"export_savedmodel({str(run)!r}, {str(base)!r}, "
+            f"ExportOptions(version={version}, index={index!r}, k={K}), log=lambda m: None)"
             for run, base, version, index in specs
         ]
     )
