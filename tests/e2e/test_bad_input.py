@@ -3,7 +3,7 @@
 Each case runs ``tfrs-cosine ARGS`` in a fresh process, as a user would. ``{tmp}`` is a
 per-case folder holding the files ``FILES`` writes; ``{run}`` a complete tiny run (the
 session's ``cosine_run_dir``); ``{failed}`` a copy of it whose ``run.json`` says
-``failed``. After the call, nothing may look finished: no run directory marked
+``failed``; ``{broken}/WHAT`` copies of it with one file broken. After the call, nothing may look finished: no run directory marked
 complete, no new export version, no staging folder left, the complete run unchanged.
 The README's "Bad input" section lists this corpus.
 """
@@ -127,6 +127,20 @@ CASES = [
          "--version must be an integer >= 1"),
     Case("export-base-is-a-file", ("export", "{run}", "--model-base-path", "{tmp}/a_file"),
          "is a file"),
+    Case("export-top-dimensions", ("export", "{run}", "--model-base-path", "{tmp}/m",
+                                   "--top-dimensions", "0"), "--top-dimensions"),
+    Case("export-recall-nan", ("export", "{run}", "--model-base-path", "{tmp}/m",
+                               "--min-recall", "nan"), "--min-recall"),
+    Case("export-base-below-a-file", ("export", "{run}", "--model-base-path", "{tmp}/a_file/m"),
+         "a_file"),
+    Case("export-run-json", ("export", "{broken}/run-json", "--model-base-path", "{tmp}/m"),
+         "run.json"),
+    Case("export-config-latin1", ("export", "{broken}/config-latin1", "--model-base-path",
+                                  "{tmp}/m"), "not UTF-8"),
+    Case("export-vocabulary-repeats", ("export", "{broken}/vocab-repeats", "--model-base-path",
+                                       "{tmp}/m"), "users.txt"),
+    Case("export-weights-corrupt", ("export", "{broken}/weights-corrupt", "--model-base-path",
+                                    "{tmp}/m"), "weights"),
     Case("export-k-text", ("export", "{run}", "--model-base-path", "{tmp}/m", "--k", "ten"),
          "invalid int value: 'ten'"),
     # serve
@@ -165,6 +179,27 @@ def failed_run(cosine_run_dir, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def broken_runs(cosine_run_dir, tmp_path_factory) -> Path:
+    """Copies of the complete run, each broken in one file (folder name = what is broken)."""
+    root = tmp_path_factory.mktemp("broken")
+
+    def copy(name: str) -> Path:
+        path = root / name
+        shutil.copytree(cosine_run_dir, path)
+        return path
+
+    (copy("run-json") / "run.json").write_text("{not json")
+    (copy("config-latin1") / "config.toml").write_bytes("[model]\nhead = 'cosiné'\n".encode("latin-1"))
+    users = copy("vocab-repeats") / "vocab" / "users.txt"
+    first = users.read_text().splitlines()[0]
+    users.write_text(users.read_text() + first + "\n")
+    weights = copy("weights-corrupt") / "model"
+    for data in weights.glob("weights.data-*"):
+        data.write_bytes(b"\x00" * 64)
+    return root
+
+
 def test_the_corpus_is_large_and_covers_every_command():
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
     commands = {c.args[0] for c in CASES}
@@ -172,11 +207,14 @@ def test_the_corpus_is_large_and_covers_every_command():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_exits_2_with_one_line(case: Case, tmp_path, cosine_run_dir, failed_run):
+def test_bad_input_exits_2_with_one_line(
+    case: Case, tmp_path, cosine_run_dir, failed_run, broken_runs
+):
     for name, content in FILES.items():
         (tmp_path / name).write_bytes(content)
     run_before = _snapshot(cosine_run_dir)
-    names = {"tmp": str(tmp_path), "run": str(cosine_run_dir), "failed": str(failed_run)}
+    names = {"tmp": str(tmp_path), "run": str(cosine_run_dir), "failed": str(failed_run),
+             "broken": str(broken_runs)}
     args = [a.format(**names) for a in case.args]
 
     done = run_cli(*args, timeout=120)
