@@ -2,11 +2,12 @@
 (``training.train.fit``) against one ``model.fit`` over a cached dataset reshuffled
 every epoch (the job before runs became resumable), in the same process.
 
-Prints the median seconds per epoch of each (the first epoch, which traces, left out),
-alternating the two several times, and their ratio. No validation, no checkpoints:
+Prints the median wall and CPU seconds (all threads of the process: less sensitive to
+other jobs on a shared machine) per epoch of each, the first epoch (tracing) left out,
+alternating the two several times, and their ratios. No validation, no checkpoints:
 only the training loop and the input pipeline differ. Then the fixed cost the
-per-epoch loop adds, measured alone (less noisy on a shared machine): building an
-epoch's dataset and one ``model.fit`` call on a single batch.
+per-epoch loop adds, measured alone: building an epoch's dataset, and one
+``model.fit`` call on a single unshuffled batch.
 
     .venv/bin/python -m benchmarks.epoch_loop [--users 20000 --items 1000 --epochs 4]
 """
@@ -30,16 +31,25 @@ from training.pipeline import epoch_seed, make_training_dataset  # noqa: E402
 from training.splits import random_split  # noqa: E402
 
 
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
 class _EpochTimes(tf.keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
-        self.seconds: list[float] = []
+        self.seconds: list[tuple[float, float]] = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start = _clock()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+        self.seconds.append(_since(self._start))
 
 
 def _model(config, data):
@@ -49,7 +59,7 @@ def _model(config, data):
     return model
 
 
-def one_fit(config, data, train, epochs: int) -> list[float]:
+def one_fit(config, data, train, epochs: int) -> list[tuple[float, float]]:
     """The former loop: a cached dataset, reshuffled by tf.data on every iteration."""
     features = {"user_id": train.user_id, "item_id": train.item_id}
     dataset = (tf.data.Dataset.from_tensor_slices(features).cache()
@@ -60,15 +70,15 @@ def one_fit(config, data, train, epochs: int) -> list[float]:
     return timer.seconds
 
 
-def per_epoch_fits(config, data, train, epochs: int) -> list[float]:
+def per_epoch_fits(config, data, train, epochs: int) -> list[tuple[float, float]]:
     """The resumable loop: epoch e trains on a dataset seeded with epoch_seed(seed, e)."""
-    model, timer, seconds = _model(config, data), _EpochTimes(), []
+    model, seconds = _model(config, data), []
     for epoch in range(epochs):
-        start = time.perf_counter()
+        start = _clock()
         dataset = make_training_dataset(train, config.training.batch_size,
                                         seed=epoch_seed(0, epoch))
-        model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[timer])
-        seconds.append(time.perf_counter() - start)  # dataset build + fit call + epoch
+        model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        seconds.append(_since(start))  # dataset build + fit call + epoch
     return seconds
 
 
@@ -85,32 +95,35 @@ def main() -> None:
     train, _ = random_split(data.interactions, 0.2, seed=42)
     print(f"data: {len(train)} training rows, {len(data.users)} users, {len(data.items)} items, "
           f"batch {args.batch}, {args.epochs} epochs x {args.rounds} rounds", flush=True)
-    times: dict[str, list[float]] = {"one fit, cached + reshuffled": [],
-                                     "one fit per epoch, seeded per epoch": []}
+    times: dict[str, list[tuple[float, float]]] = {
+        "one fit, cached + reshuffled": [], "one fit per epoch, seeded per epoch": []}
     for round_ in range(args.rounds):
         for (name, run) in zip(times, (one_fit, per_epoch_fits), strict=True):
             seconds = run(config, data, train, args.epochs)
             times[name] += seconds[1:]
-            print(f"round {round_ + 1}: {name}: " + ", ".join(f"{s:.2f}" for s in seconds)
-                  + " s per epoch", flush=True)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    for name, median in medians.items():
-        print(f"{name}: median {median:.3f} s per epoch (epochs 2..)")
-    old, new = medians.values()
-    print(f"ratio per-epoch / one fit: {new / old:.3f}")
+            print(f"round {round_ + 1}: {name}: wall/cpu s per epoch "
+                  + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in seconds), flush=True)
+    medians = {name: [statistics.median(v[k] for v in values) for k in (0, 1)]
+               for name, values in times.items()}
+    for name, (wall, cpu) in medians.items():
+        print(f"{name}: median {wall:.3f} s wall, {cpu:.3f} s cpu per epoch (epochs 2..)")
+    (old_wall, old_cpu), (new_wall, new_cpu) = medians.values()
+    print(f"ratio per-epoch / one fit: wall {new_wall / old_wall:.3f}, cpu {new_cpu / old_cpu:.3f}")
 
     build, call = [], []
     model = _model(config, data)
-    one_batch = make_training_dataset(train, config.training.batch_size, seed=0).take(1)
+    features = {"user_id": train.user_id, "item_id": train.item_id}
+    one_batch = tf.data.Dataset.from_tensor_slices(features).batch(config.training.batch_size)
+    one_batch = one_batch.take(1)
     for epoch in range(7):
-        start = time.perf_counter()
+        start = _clock()
         make_training_dataset(train, config.training.batch_size, seed=epoch_seed(0, epoch))
-        build.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        build.append(_since(start)[0])
+        start = _clock()
         model.fit(one_batch, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
-        call.append(time.perf_counter() - start)
-    print(f"fixed cost per epoch: dataset build median {statistics.median(build[1:]):.3f} s, "
-          f"model.fit call on one batch median {statistics.median(call[1:]):.3f} s")
+        call.append(_since(start)[0])
+    print(f"fixed cost per epoch (wall): dataset build median {statistics.median(build[1:]):.3f}"
+          f" s; model.fit call on one unshuffled batch median {statistics.median(call[1:]):.3f} s")
 
 
 if __name__ == "__main__":
