@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tfrs_cosine.errors import TfrsCosineError
 from training.errors import InputError
+from training.resume import RESUMABLE_KEYS, check_resume
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "synthetic.toml"
 ENTRY_POINT_GROUP = "tfrs_cosine.commands"
@@ -49,12 +50,15 @@ def _train(args: argparse.Namespace) -> int:
     from training.config import load_config
 
     if args.resume:
-        config_path = args.config or Path(args.run_dir) / rundir.CONFIG
-        if not Path(config_path).is_file():
-            rundir.read_info(Path(args.run_dir))  # names the real problem
+        rundir.read_info(Path(args.run_dir))  # names a missing or foreign directory
+        holder = rundir.live_holder(args.run_dir)  # fast answer; train() takes the lock
+        if holder is not None:
+            raise InputError(f"run directory in use by {holder}: {args.run_dir}")
+        config = load_config(args.config or Path(args.run_dir) / rundir.CONFIG, args.set)
+        check_resume(args.run_dir, config)  # refuses a changed run before TensorFlow loads
     else:
-        config_path = args.config or DEFAULT_CONFIG
-    config = load_config(config_path, args.set)
+        config = load_config(args.config or DEFAULT_CONFIG, args.set)
+        rundir.check_new(args.run_dir)
 
     from training.train import format_metrics, train  # TensorFlow loads here
 
@@ -86,6 +90,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    from training.runs import describe_runs, format_runs
+
+    runs = describe_runs(args.paths)
+    if args.json:
+        import json
+
+        print(json.dumps([run.as_dict() for run in runs], indent=2))
+    else:
+        print(format_runs(runs))
+    return 0
+
+
 def _register_training(commands) -> None:
     p = commands.add_parser("train", help="train a model into a run directory")
     p.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG.name})")
@@ -94,13 +111,27 @@ def _register_training(commands) -> None:
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override a config value, e.g. --set model.head=dot (repeatable)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue from the last checkpoint; only " + ", ".join(RESUMABLE_KEYS)
+        + " may differ from the run's config.toml",
+    )
     p.set_defaults(func=_train)
 
     p = commands.add_parser("evaluate", help="exact full-catalog evaluation of a run")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default="test", help="train, validation or test (default: test)")
     p.set_defaults(func=_evaluate)
+
+    p = commands.add_parser(
+        "runs", help="list run directories: status, live or dead, epochs, best metric, head",
+        description="Each PATH is a run directory or a directory of runs. A `running` run "
+                    "whose process is gone is shown as `interrupted (process gone)`. "
+                    "Reads run.json and config.toml only (no TensorFlow).",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--json", action="store_true", help="one JSON object per run")
+    p.set_defaults(func=_runs)
 
 
 def _plugins():
@@ -150,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())
         print(f"tfrs-cosine: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("tfrs-cosine: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # SIGINT, or SIGTERM during training
+        print(f"tfrs-cosine: {interrupt or 'interrupted'}", file=sys.stderr)
+        return getattr(interrupt, "exit_code", 130)
 
 
 if __name__ == "__main__":

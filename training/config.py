@@ -229,8 +229,29 @@ def validate(config: Config) -> None:
     )
     require(t.early_stopping_patience >= 0, "training.early_stopping_patience must be >= 0")
     require(len(e.ks) > 0 and all(k >= 1 for k in e.ks), f"evaluation.ks must be >= 1, got {e.ks}")
+    require(len(set(e.ks)) == len(e.ks), f"evaluation.ks has a repeated value: {e.ks}")
     require(e.monitor_k >= 1, f"evaluation.monitor_k must be >= 1, got {e.monitor_k}")
     require(e.chunk_size >= 1, f"evaluation.chunk_size must be >= 1, got {e.chunk_size}")
+
+
+def validate_catalog(config: Config, num_items: int) -> None:
+    """Checks the evaluation cutoffs against the catalog (once the data is loaded).
+
+    A cutoff of at least the catalog size ranks every item: recall@K is then 1.0 for
+    any model, and early stopping on it would watch a constant.
+    """
+    e = config.evaluation
+    if e.monitor_k >= num_items:
+        raise InputError(
+            f"evaluation.monitor_k={e.monitor_k} is not below the catalog size ({num_items} "
+            f"items): validation recall@{e.monitor_k} would be 1.0 for any model"
+        )
+    too_large = [k for k in e.ks if k >= num_items]
+    if too_large:
+        raise InputError(
+            f"evaluation.ks {too_large} not below the catalog size ({num_items} items): "
+            "every item would be in the top K"
+        )
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:

@@ -1,4 +1,12 @@
-"""tf.data input pipelines and the item-frequency table used for logQ correction."""
+"""tf.data input pipelines and the item-frequency table used for logQ correction.
+
+Data order contract (what makes ``--resume`` equal to an uninterrupted run): the
+training job builds one dataset per epoch with ``seed=epoch_seed(training.seed, e)``,
+and a dataset's order depends on that seed alone, never on how many epochs ran before
+it in the process. A streaming pipeline keeps the property by seeding its shard order
+and its bounded shuffle buffer with the same per-epoch seed (``deterministic=True``
+interleave).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +31,11 @@ def item_probabilities(train: Interactions, items: np.ndarray) -> np.ndarray:
     return (counts / counts.sum()).astype(np.float32)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of epoch ``epoch`` (0-based) of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 def make_training_dataset(
     train: Interactions,
     batch_size: int,
@@ -30,10 +43,11 @@ def make_training_dataset(
     seed: int = 0,
     shuffle: bool = True,
 ) -> tf.data.Dataset:
-    """Shuffled batches of ``{"user_id", "item_id"[, "weight"][, "item_probability"]}``.
+    """One epoch of shuffled batches of ``{"user_id", "item_id"[, "weight"][, "item_probability"]}``.
 
-    Each feature is ``(batch,)``. The examples are cached in memory and reshuffled
-    every epoch; ``item_probability`` maps item ids to their sampling share (logQ).
+    Each feature is ``(batch,)``. The order is a function of ``seed`` only: iterating
+    the dataset again repeats it (build the next epoch with ``epoch_seed``).
+    ``item_probability`` maps item ids to their sampling share (logQ).
     """
     features: dict[str, np.ndarray] = {"user_id": train.user_id, "item_id": train.item_id}
     if train.weight is not None:
@@ -43,7 +57,7 @@ def make_training_dataset(
         features["item_probability"] = np.array(
             [item_probability.get(i, smallest) for i in train.item_id.tolist()], dtype=np.float32
         )
-    dataset = tf.data.Dataset.from_tensor_slices(features).cache()
+    dataset = tf.data.Dataset.from_tensor_slices(features)
     if shuffle:
-        dataset = dataset.shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(train), seed=seed, reshuffle_each_iteration=False)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
