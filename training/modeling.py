@@ -172,6 +172,20 @@ def save_weights(model: TwoTowerModel, run_dir: str | Path) -> None:
     tf.train.Checkpoint(model=model).write(str(Path(run_dir) / rundir.MODEL / "weights"))
 
 
+def _restore(model: TwoTowerModel, weights: Path) -> str | None:
+    """Reads the final weights into ``model``; returns the first line of the problem, if any."""
+    problem = None
+    try:
+        tf.train.Checkpoint(model=model).read(str(weights)).assert_existing_objects_matched().expect_partial()
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, AssertionError, ValueError) as e:
+        problem = str(e).splitlines()[0]
+    if problem:
+        # A failed read leaves restores pending in the model's objects, which log a warning
+        # per checkpoint value when they are collected (at exit): the one error line says it.
+        tf.get_logger().setLevel("ERROR")
+    return problem
+
+
 def load_run(run_dir: str | Path) -> TrainedRun:
     """Rebuilds the trained model of a complete run directory."""
     run_dir = Path(run_dir)
@@ -185,9 +199,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     users, items = rundir.read_vocabulary(run_dir, "users"), rundir.read_vocabulary(run_dir, "items")
     model = build_model(config, users, items)
     weights = run_dir / rundir.MODEL / "weights"
-    try:
-        status = tf.train.Checkpoint(model=model).read(str(weights))
-        status.assert_existing_objects_matched().expect_partial()
-    except (tf.errors.NotFoundError, tf.errors.DataLossError, AssertionError, ValueError) as e:
-        raise InputError(f"cannot restore weights of {run_dir}: {str(e).splitlines()[0]}") from None
+    problem = _restore(model, weights)
+    if problem:
+        raise InputError(f"cannot restore weights of {run_dir}: {problem}")
     return TrainedRun(run_dir, config, model, users, items, rundir.load_metrics(run_dir), info)

@@ -139,6 +139,8 @@ CASES = [
                                   "{tmp}/m"), "not UTF-8"),
     Case("export-vocabulary-repeats", ("export", "{broken}/vocab-repeats", "--model-base-path",
                                        "{tmp}/m"), "users.txt"),
+    Case("export-vocabulary-longer", ("export", "{broken}/vocab-longer", "--model-base-path",
+                                      "{tmp}/m"), "incompatible tensor"),
     Case("export-weights-corrupt", ("export", "{broken}/weights-corrupt", "--model-base-path",
                                     "{tmp}/m"), "weights"),
     Case("export-k-text", ("export", "{run}", "--model-base-path", "{tmp}/m", "--k", "ten"),
@@ -194,6 +196,7 @@ def broken_runs(cosine_run_dir, tmp_path_factory) -> Path:
     users = copy("vocab-repeats") / "vocab" / "users.txt"
     first = users.read_text().splitlines()[0]
     users.write_text(users.read_text() + first + "\n")
+    (copy("vocab-longer") / "vocab" / "users.txt").open("a").write("a-new-user\n")
     weights = copy("weights-corrupt") / "model"
     for data in weights.glob("weights.data-*"):
         data.write_bytes(b"\x00" * 64)
