@@ -196,7 +196,8 @@ def broken_runs(cosine_run_dir, tmp_path_factory) -> Path:
     users = copy("vocab-repeats") / "vocab" / "users.txt"
     first = users.read_text().splitlines()[0]
     users.write_text(users.read_text() + first + "\n")
-    (copy("vocab-longer") / "vocab" / "users.txt").open("a").write("a-new-user\n")
+    longer = copy("vocab-longer") / "vocab" / "users.txt"
+    longer.write_text(longer.read_text() + "a-new-user\n")
     weights = copy("weights-corrupt") / "model"
     for data in weights.glob("weights.data-*"):
         data.write_bytes(b"\x00" * 64)
