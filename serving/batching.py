@@ -136,6 +136,8 @@ class BatchingParameters:
             f"max_enqueued_batches {{ value: {self.max_enqueued_batches} }}",
             f"num_batch_threads {{ value: {self.num_batch_threads} }}",
         ]
+        if self.thread_pool_name != "batch_threads":
+            lines.append(f'thread_pool_name {{ value: "{self.thread_pool_name}" }}')
         lines += [f"allowed_batch_sizes: {size}" for size in self.allowed_batch_sizes]
         lines.append(f"pad_variable_length_inputs: {str(self.pad_variable_length_inputs).lower()}")
         return "\n".join(lines) + "\n"

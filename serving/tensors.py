@@ -153,6 +153,7 @@ def fill_tensor_proto(
     array = np.asarray(array)
     dtype = dtype_of(array) if dtype is None else dtype
     proto.dtype = dtype
+    proto.tensor_shape.SetInParent()  # present even for a scalar, as TensorFlow writes it
     dims = proto.tensor_shape.dim
     for size in array.shape:
         dims.add().size = size
