@@ -152,7 +152,7 @@ def test_method_paths_are_the_official_stubs():
     channel = Recorder()
     prediction_service_pb2_grpc.PredictionServiceStub(channel)
     model_service_pb2_grpc.ModelServiceStub(channel)
-    for name, (path, request_type, response_type) in wire.METHODS.items():
+    for name, (path, _request_type, response_type) in wire.METHODS.items():
         official_path, deserializer = channel.paths[name]
         assert path == official_path
         assert deserializer.__self__.DESCRIPTOR.name == response_type.DESCRIPTOR.name
