@@ -77,7 +77,7 @@ def parse_body(body: bytes) -> dict:
         )
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, 4300+ digit integers
         raise invalid(f"JSON Parse error: {error}") from None
     except RecursionError:  # unreachable after the depth check; never a 500
         raise invalid(f"JSON Parse error: nested deeper than {MAX_JSON_DEPTH}") from None

@@ -17,6 +17,7 @@ INVALID_ARGUMENT / HTTP 400).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,10 +144,25 @@ class Signature:
                 results = self.function(**dict(zip(self.input_names, tensors, strict=True)))
         except tf.errors.OpError as error:
             code = CODE_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN)
-            raise RequestError(code, error.message.split("\n")[0]) from None
+            raise RequestError(code, graph_error_text(error.message)) from None
         except (TypeError, ValueError) as error:
             raise invalid(" ".join(str(error).split())) from None
         return {alias: value.numpy() for alias, value in results.items()}
+
+
+_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node", "File ")
+
+
+def graph_error_text(message: str) -> str:
+    """The line of a TensorFlow runtime error that names the problem.
+
+    ``Graph execution error: ... Detected at node ... assertion failed: [msg] ...
+    [[{{node ...}}]] [Op:...]`` -> ``assertion failed: [msg] ...``.
+    """
+    lines = [line.strip() for line in message.split("\n")]
+    useful = [line for line in lines if line and not line.startswith(_NOISE)]
+    text = useful[-1] if useful else (lines[0] if lines else message)
+    return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", text)
 
 
 class Servable:
