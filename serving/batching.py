@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -120,13 +119,6 @@ class BatchingParameters:
             return cls(**values)
         except ServingError as error:
             raise ServingError(f"{source}: {error}") from None
-
-    @classmethod
-    def read(cls, path: str | Path) -> BatchingParameters:
-        """Reads ``--batching_parameters_file``; ServingError for a missing or binary file."""
-        from serving.options import read_text_file
-
-        return cls.from_text(read_text_file(path, "--batching_parameters_file"), str(path))
 
     def to_text(self) -> str:
         """The text proto, with every field written (read back by both servers)."""

@@ -119,8 +119,7 @@ def register(subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.options import ServerOptions
-    from serving.server import serve
+    from serving.options import ServerOptions, batching_parameters, metrics_path, model_configs
 
     if not args.model_base_path and not args.model_config_file:
         raise ServingError("give --model_base_path (or --model_config_file)")
@@ -144,6 +143,14 @@ def _serve(args: argparse.Namespace) -> int:
         num_processes=args.num_processes,
         access_log=args.access_log,
     )
+    # Every flag and config file is checked here, before TensorFlow is imported: a bad
+    # one answers in well under a second, with one line.
+    options.check()
+    model_configs(options)
+    batching_parameters(options)
+    metrics_path(options)
+    from serving.server import serve
+
     code = serve(options)
     # Everything is stopped and flushed; skip TensorFlow's slow interpreter teardown.
     sys.stdout.flush()

@@ -85,6 +85,7 @@ class ServerCore:
         self.batcher = BatchScheduler(batching, batch_observer) if batching is not None else None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self.polls = 0  # completed polls of the poller thread (a metric)
 
     # ------------------------------------------------------------------ lifecycle
     def add_listener(self, listener: StateListener) -> None:
@@ -135,6 +136,7 @@ class ServerCore:
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             self.poll_once()
+            self.polls += 1
 
     def stop(self) -> None:
         """Stops polling and drains the batch queues."""

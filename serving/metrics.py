@@ -25,6 +25,7 @@ metric                                                            labels
 ``:tensorflow:cc:saved_model:load_attempt_count`` (counter)       model_path, status
 ``:tfrs_cosine:serving:model_version_transition_count`` (counter) model_name, state
 ``:tfrs_cosine:serving:model_version_state`` (gauge)              model_name, version
+``:tfrs_cosine:serving:file_system_poll_count`` (counter)         (none)
 ================================================================  ==================================
 
 Memory grows with the label combinations (models x signatures x statuses), not with
@@ -129,6 +130,19 @@ class _VersionStates(Collector):
         yield family
 
 
+class _PollCount(Collector):
+    def __init__(self, core):
+        self._core = core
+
+    def collect(self) -> Iterable[UnknownMetricFamily]:
+        family = UnknownMetricFamily(
+            ":tfrs_cosine:serving:file_system_poll_count",
+            "Completed polls of the model base paths (a stalled poller stops counting).",
+        )
+        family.add_metric([], self._core.polls)
+        yield family
+
+
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 SIGNATURE_REQUEST_COUNT = ":tfrs_cosine:serving:request_count"
 LOAD_ATTEMPT_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
@@ -226,6 +240,7 @@ class ServerMetrics:
                 self.load_attempt(path, False)
 
         core.add_listener(listener)
+        self.registry.register(_PollCount(core))
 
     def exposition(self) -> tuple[bytes, str]:
         """The scrape page and its content type."""

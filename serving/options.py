@@ -140,7 +140,8 @@ def batching_parameters(options: ServerOptions):
     from serving.batching import BatchingParameters
 
     if options.batching_parameters_file:
-        return BatchingParameters.read(options.batching_parameters_file)
+        path = options.batching_parameters_file
+        return BatchingParameters.from_text(read_text_file(path, "--batching_parameters_file"), str(path))
     return BatchingParameters()
 
 
