@@ -4,10 +4,11 @@
   ``MAX_JSON_DEPTH`` (checked on the raw text before parsing, in C-speed passes);
 - ``request_inputs``: ``{"instances": [...]}`` (row format) or ``{"inputs": ...}``
   (columnar) -> numpy inputs of a signature, with TF Serving's error wording;
-- ``outputs_to_json``: numpy outputs -> ``{"predictions": [...]}`` or ``{"outputs": ...}``,
-  floats written as the shortest text that reads back to the same value (``%g``, else
-  ``%.9g`` for float32 / ``%.17g`` for float64), strings as JSON strings, outputs whose
-  name ends in ``_bytes`` as ``{"b64": ...}``.
+- ``outputs_to_json``: numpy outputs -> ``{"predictions": [...]}`` or ``{"outputs": ...}``
+  in one ``json.dumps``: float32 values with at most 9 significant digits (what TF
+  Serving's ``%.9g`` writes) that read back to the same float32, float64 as ``repr``,
+  NaN/Infinity as TF Serving writes them, strings as JSON strings, outputs whose name ends
+  in ``_bytes`` as ``{"b64": ...}``.
 
 Every error is a ``RequestError`` (INVALID_ARGUMENT unless stated), never an exception
 the server would answer with a 500. Costs are linear in the body size.
@@ -20,11 +21,12 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import numpy as np
+import orjson
 
 from serving.status import RequestError, invalid
 from serving.tensors import (
@@ -70,7 +72,8 @@ def parse_body(body: bytes) -> dict:
     """A predict/classify body as a JSON object; INVALID_ARGUMENT for anything else."""
     if not body.strip():
         raise invalid("JSON Parse error: The document is empty")
-    depth = nesting_depth(body)
+    openers = body.count(b"[") + body.count(b"{")  # fewer openers than the limit: no scan
+    depth = nesting_depth(body) if openers > MAX_JSON_DEPTH else openers
     if depth > MAX_JSON_DEPTH:
         raise invalid(
             f"JSON Parse error: nesting depth {depth} exceeds the limit of {MAX_JSON_DEPTH}"
@@ -284,68 +287,70 @@ def _row_inputs(body, instances, input_dtypes, names) -> dict[str, np.ndarray]:
     return {key: np.stack(arrays) for key, arrays in rows.items()}
 
 
-def _format_floats(values: np.ndarray) -> list[str]:
-    """Float leaves as TF Serving writes them: the shortest of %g / %.9g (%.17g)."""
-    flat = values.reshape(-1)
-    wide = flat.astype(np.float64)
-    finite = np.isfinite(wide)
-    text = np.char.mod("%g", np.where(finite, wide, 0.0)).astype(object)
-    with np.errstate(invalid="ignore", over="ignore"):
-        back = text.astype(np.float64).astype(flat.dtype)
-    redo = finite & (back != flat)
-    if redo.any():
-        digits = "%.9g" if flat.dtype == np.float32 else "%.17g"
-        text[redo] = np.char.mod(digits, wide[redo]).astype(object)
-    out = text.tolist()
-    for index in np.flatnonzero(~finite).tolist():
-        value = float(wide[index])
-        out[index] = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    for index, item in enumerate(out):
-        if finite[index] and "." not in item and "e" not in item:
-            out[index] = item + ".0"
+def _short_floats(values: np.ndarray) -> np.ndarray:
+    """Float values as the float64s whose ``repr`` is at most 9 (float32) or 17 significant
+    digits and reads back to the same value, so one ``json.dumps`` writes them short.
+
+    A float32 round-trips through 9 significant digits (TF Serving writes ``%.9g`` when
+    ``%g`` does not round-trip): ``x`` is rounded to 9 digits in float64 (an exact power
+    of ten divides an exact integer, so the result is the float64 nearest that decimal);
+    the few values the arithmetic rounds wrongly keep their exact float64 value.
+    """
+    wide = values.astype(np.float64)
+    if values.dtype != np.float32:
+        return wide  # float64 reprs are already the shortest that round-trip
+    finite = np.isfinite(wide) & (wide != 0)
+    exponent = np.floor(np.log10(np.abs(wide, where=finite, out=np.ones_like(wide))))
+    digits = (8 - exponent).astype(np.int64)
+    out = wide.copy()
+    for k in np.unique(digits[finite]).tolist():  # a few distinct magnitudes per answer
+        rows = finite & (digits == k)
+        scaled = np.round(wide[rows] * 10.0**k) if k >= 0 else np.round(wide[rows] / 10.0**-k)
+        out[rows] = scaled / 10.0**k if k >= 0 else scaled * 10.0**-k
+    bad = out.astype(np.float32) != values
+    out[bad] = wide[bad]
     return out
 
 
-def _leaves(array: np.ndarray, as_bytes: bool) -> list[str]:
-    """Every value of ``array`` as JSON text, in C order."""
+def _column(array: np.ndarray, as_bytes: bool, numpy_ok: bool) -> Any:
+    """An output ready for the JSON writer: the numpy array itself when orjson can write it
+    (numbers, bools), else nested Python lists (strings, b64 objects, non-finite floats)."""
     if array.dtype == object or array.dtype.kind == "S":
-        values = array.reshape(-1).tolist()
+        flat = array.reshape(-1).tolist()
         if as_bytes:
-            return ['{"b64": "' + base64.b64encode(v).decode("ascii") + '"}' for v in values]
-        texts = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
-        if not texts:
-            return []
-        # One C-level dumps of the whole list, split back into its elements.
-        return _split_json_strings(json.dumps(texts, ensure_ascii=False), len(texts))
-    if array.dtype == np.bool_:
-        return ["true" if v else "false" for v in array.reshape(-1).tolist()]
-    if np.issubdtype(array.dtype, np.floating):
-        return _format_floats(array)
-    return [str(v) for v in array.reshape(-1).tolist()]
-
-
-def _split_json_strings(text: str, count: int) -> list[str]:
-    """``'["a", "b"]'`` -> ``['"a"', '"b"']`` (the elements of a dumped list of strings)."""
-    parts = text[1:-1].split('", "')
-    if len(parts) == count:
-        if count == 1:
-            return parts
-        return [parts[0] + '"', *('"' + p + '"' for p in parts[1:-1]), '"' + parts[-1]]
-    # A string held '", "' itself: fall back to one dumps per element.
-    return [json.dumps(t, ensure_ascii=False) for t in json.loads(text)]
-
-
-def _nest(leaves: list[str], shape: Sequence[int], stop: int = 0) -> list[str]:
-    """Joins flat JSON leaves into nested arrays down to level ``stop`` (0 = one value)."""
-    groups = leaves
-    for level in range(len(shape) - 1, stop - 1, -1):
-        size = shape[level]
-        outer = math.prod(shape[:level])
-        if size == 0:
-            groups = ["[]"] * outer
+            values = [{"b64": base64.b64encode(v).decode("ascii")} for v in flat]
         else:
-            groups = ["[" + ", ".join(groups[i * size : (i + 1) * size]) + "]" for i in range(outer)]
-    return groups
+            try:
+                values = [v.decode() for v in flat]
+            except (AttributeError, UnicodeDecodeError):  # not bytes, or not UTF-8
+                values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+        if array.ndim == 1:
+            return values
+        if array.ndim == 2:
+            width = array.shape[1]
+            return [values[i : i + width] for i in range(0, len(values), width)] if width else (
+                [[] for _ in range(array.shape[0])]
+            )
+        nested = np.empty(len(values), dtype=object)
+        nested[:] = values
+        return nested.reshape(array.shape).tolist()
+    if numpy_ok:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return _short_floats(array).tolist()
+    return array.tolist()
+
+
+def _dumps(outputs: Mapping[str, np.ndarray], build) -> str:
+    """orjson (numpy arrays written in C, float32 as its shortest round-trip text); the
+    standard library when a float is NaN or infinite, which orjson would write as null
+    and TF Serving writes as NaN / Infinity."""
+    finite = all(
+        np.isfinite(v).all() for v in outputs.values() if np.issubdtype(v.dtype, np.floating)
+    )
+    if finite:
+        return orjson.dumps(build(True), option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8")
+    return json.dumps(build(False), ensure_ascii=False)
 
 
 def outputs_to_json(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
@@ -353,13 +358,16 @@ def outputs_to_json(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
     if not outputs:
         raise invalid("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
-    leaves = {n: _leaves(outputs[n], n.endswith(BYTES_SUFFIX)) for n in names}
+
+    def columns(numpy_ok: bool) -> dict[str, Any]:
+        return {n: _column(outputs[n], n.endswith(BYTES_SUFFIX), numpy_ok) for n in names}
+
     if fmt == "columnar":
-        values = {n: _nest(leaves[n], outputs[n].shape)[0] for n in names}
-        if len(names) == 1:
-            return '{\n    "outputs": ' + values[names[0]] + "\n}"
-        body = ",\n        ".join(f"{json.dumps(n)}: {values[n]}" for n in names)
-        return '{\n    "outputs": {\n        ' + body + "\n    }\n}"
+        def build(numpy_ok: bool) -> dict:
+            values = columns(numpy_ok)
+            return {"outputs": values[names[0]] if len(names) == 1 else values}
+
+        return _dumps(outputs, build)
     batch = None
     for name in names:
         shape = outputs[name].shape
@@ -370,12 +378,11 @@ def outputs_to_json(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
         if batch is not None and batch != shape[0]:
             raise invalid(f"Tensor name: {name} has inconsistent batch size: {shape[0]} expecting: {batch}")
         batch = shape[0]
-    rows = {n: _nest(leaves[n], outputs[n].shape, stop=1) for n in names}
-    if len(names) == 1:
-        items = rows[names[0]]
-    else:
-        items = [
-            "{" + ", ".join(f"{json.dumps(n)}: {rows[n][i]}" for n in names) + "}"
-            for i in range(batch)
-        ]
-    return '{\n    "predictions": [' + ", ".join(items) + "]\n}"
+
+    def build_rows(numpy_ok: bool) -> dict:
+        values = columns(numpy_ok)
+        if len(names) == 1:
+            return {"predictions": values[names[0]]}
+        return {"predictions": [{n: values[n][i] for n in names} for i in range(batch)]}
+
+    return _dumps(outputs, build_rows)

@@ -115,6 +115,13 @@ class ModelServer:
         )
         if self.metrics is not None:
             self.metrics.watch(self.core)
+        # With batching every request in flight holds a worker thread while its batch
+        # forms: enough threads to fill every batch thread's batch, else batches stay
+        # small and requests queue in front of the thread pool instead.
+        batching = self.core.batcher.params if self.core.batcher is not None else None
+        in_flight = min(256, batching.max_batch_size * batching.num_batch_threads) if batching else 0
+        self.grpc_threads = max(options.grpc_max_threads, in_flight)
+        self.rest_threads = max(options.rest_api_num_threads, in_flight)
         self.health = ModelHealth(self.core)
         self._grpc: grpc.Server | None = None
         self._http = None
@@ -129,7 +136,7 @@ class ModelServer:
         handler = Handler(self.core, self.metrics, access)
         address = f"{options.host}:{options.port}"
         self._grpc = start_grpc_server(
-            handler, self.health, address, options.grpc_max_threads,
+            handler, self.health, address, self.grpc_threads,
             options.max_request_bytes, self.reuse_port,
         )
         log.info("Running gRPC ModelServer at %s ...", address)
@@ -152,7 +159,7 @@ class ModelServer:
         self._http = waitress.create_server(
             app,
             sockets=[sock],
-            threads=options.rest_api_num_threads,
+            threads=self.rest_threads,
             # waitress refuses a larger body before reading it; JsonErrorChannel words
             # that 413 as a JSON error.
             max_request_body_size=options.max_request_bytes,

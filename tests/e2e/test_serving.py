@@ -705,9 +705,14 @@ def test_batching_gives_every_caller_its_own_answer(exports, cosine_run_dir, tmp
             srv.stop()
     for batch, alone, merged in zip(batches, answers[False], answers[True], strict=True):
         assert merged[ITEM_IDS].shape == (len(batch), K)
-        assert merged[ITEM_IDS].tolist() == alone[ITEM_IDS].tolist()
-        np.testing.assert_array_equal(merged[SCORES], alone[SCORES])
         assert merged[KNOWN_USER].tolist() == alone[KNOWN_USER].tolist()
+        # A batch of another size may round the last bit of a score differently (another
+        # matmul kernel); the rows are the caller's own, in the same order up to ties.
+        np.testing.assert_allclose(merged[SCORES], alone[SCORES], rtol=0, atol=1e-6)
+        for got, want, scores in zip(merged[ITEM_IDS], alone[ITEM_IDS], alone[SCORES], strict=True):
+            differ = got != want
+            assert sorted(got[differ]) == sorted(want[differ])
+            assert np.ptp(scores[differ]) <= 1e-6 if differ.any() else True, "only ties may swap"
 
 
 BAD_FILES = {
