@@ -227,6 +227,7 @@ class BatchScheduler:
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             batches = self._queues.setdefault(qkey, collections.deque())
             batch = batches[-1] if batches and not batches[-1].closed else None
+            wake = False
             if batch is None or batch.size + size > limit:
                 if batch is not None:
                     batch.closed = True
@@ -236,11 +237,14 @@ class BatchScheduler:
                     raise RequestError(grpc.StatusCode.UNAVAILABLE, FULL_QUEUE)
                 batch = _Batch(task.enqueued, run)
                 batches.append(batch)
+                wake = True  # a new deadline (and maybe a closed batch) to act on
             batch.tasks.append(task)
             batch.size += size
             if batch.size >= limit:
                 batch.closed = True
-            self._cond.notify_all()
+                wake = True
+            if wake:  # joining an open batch changes no deadline: no thread to wake
+                self._cond.notify_all()
         task.done.wait()
         if task.error is not None:
             raise task.error
