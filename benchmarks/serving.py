@@ -13,6 +13,8 @@ One run measures, on one export, against peers measured in the same run:
   p50 at most 2x gRPC's.
 - (d) **``--num_processes 2``** (SO_REUSEPORT) against 1 process, batch 1, with and without
   batching.
+- (e) what a client process pays: importing ``tensorflow_serving.apis.predict_pb2`` (all of
+  TensorFlow) against ``serving.client`` (no TensorFlow), and one ``tfrs-cosine query``.
 
 Clients: (a) and (c) are threads of this process with prebuilt requests (official stubs;
 keep-alive ``http.client`` connections for REST); (b) and (d) run ``grpc.aio`` clients
@@ -188,6 +190,14 @@ def fixed_answer_main(argv: list[str]) -> int:
 # ----------------------------------------------------------------------------- main
 
 
+def wall(command: list[str]) -> float:
+    """Seconds a fresh process takes to run ``command`` to its end."""
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return time.perf_counter() - started
+
+
 def make_export(workdir: Path, k: int, overrides: list[str]) -> Path:
     run_dir, base = workdir / "run", workdir / "models" / MODEL
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -318,6 +328,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(data[:300])
             json.loads(data)
 
+        # ---- (e) what a client process pays: imports, and one `tfrs-cosine query`
+        for name, code in (("import tensorflow_serving.apis.predict_pb2", "from tensorflow_serving.apis import predict_pb2"),
+                           ("import serving.client", "import serving.client")):
+            rows[name] = {"seconds": [wall([sys.executable, "-c", code]) for _ in range(3)]}
+            log(f"{name:44s} {min(rows[name]['seconds']):.2f} s (best of 3 fresh processes)")
+        query = [sys.executable, "-m", "training.cli", "query", "--target", plain.target, "--model", MODEL,
+                 "recommend", users[0]]
+        rows["tfrs-cosine query recommend"] = {"seconds": [wall(query) for _ in range(3)]}
+        log(f"{'tfrs-cosine query recommend':44s} {min(rows['tfrs-cosine query recommend']['seconds']):.2f} s")
+
         record("gRPC b=64, 16 clients", measure_threads(over(stub, requests_64), 16, args.seconds))
         record("REST b=64, 16 clients", measure_threads(rest, 16, args.seconds))
         channel.close()
@@ -404,6 +424,9 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
         f"- (c) REST / gRPC p50 at batch 64, 16 clients: {rest_ratio:.2f}x; target <= 2x: "
         f"{'met' if ok_c else 'missed'}.",
         "- (d) 2 processes (SO_REUSEPORT) vs 1: the 'vs peer' column of the 2-process rows.",
+        "- (e) a client process, best of 3 fresh processes: "
+        + "; ".join(f"`{k}` {min(rows[k]['seconds']):.2f} s" for k in (
+            "import tensorflow_serving.apis.predict_pb2", "import serving.client", "tfrs-cosine query recommend")),
     ]
     return "\n".join(out) + "\n"
 
