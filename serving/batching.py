@@ -34,7 +34,6 @@ The scheduler holds one lock per submit and per batch taken.
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 import threading
 import time
@@ -177,11 +176,18 @@ BatchObserver = Callable[[list[int], int, int, list[float]], None]
 
 
 class BatchScheduler:
-    """Queues tasks by key and runs merged batches on ``num_batch_threads`` threads.
+    """Queues tasks by key and runs merged batches, at most ``num_batch_threads`` at once.
 
     ``submit(key, inputs, run)`` blocks until its batch has run and returns the caller's
     rows of ``run(merged inputs)``; ``run`` must map ``{name: (B, ...)}`` to
     ``{name: (B, ...)}`` and raise ``RequestError`` for a bad request.
+
+    The thread whose task opens a batch leads it: it waits until the batch is ready (full,
+    or its timeout passed) and one of the ``num_batch_threads`` slots is free, then runs
+    it and hands every other task its rows. The scheduling is TF Serving's; running the
+    batch on the leader's own thread instead of a dedicated batch thread saves a thread
+    switch per batch and per request of the leader, which in Python costs a trip through
+    the interpreter lock.
     """
 
     def __init__(
@@ -195,14 +201,8 @@ class BatchScheduler:
         self._clock = clock
         self._cond = threading.Condition()
         self._queues: dict[Hashable, collections.deque[_Batch]] = {}
-        self._order = itertools.count()
+        self._free_slots = params.num_batch_threads
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{params.thread_pool_name}-{i}", daemon=True)
-            for i in range(params.num_batch_threads)
-        ]
-        for thread in self._threads:
-            thread.start()
 
     def queue_key(self, key: Hashable, inputs: Mapping[str, np.ndarray]) -> Hashable:
         """The queue a task joins: ``key``, plus the non-batch shapes unless they are padded."""
@@ -227,71 +227,70 @@ class BatchScheduler:
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             batches = self._queues.setdefault(qkey, collections.deque())
             batch = batches[-1] if batches and not batches[-1].closed else None
-            wake = False
+            leader = False
             if batch is None or batch.size + size > limit:
                 if batch is not None:
                     batch.closed = True
+                    self._cond.notify_all()  # its leader may run it now
                 if len(batches) >= self.params.max_enqueued_batches:
                     if not batches:
                         del self._queues[qkey]
                     raise RequestError(grpc.StatusCode.UNAVAILABLE, FULL_QUEUE)
                 batch = _Batch(task.enqueued, run)
                 batches.append(batch)
-                wake = True  # a new deadline (and maybe a closed batch) to act on
+                leader = True
             batch.tasks.append(task)
             batch.size += size
             if batch.size >= limit:
                 batch.closed = True
-                wake = True
-            if wake:  # joining an open batch changes no deadline: no thread to wake
-                self._cond.notify_all()
-        task.done.wait()
+                if not leader:
+                    self._cond.notify_all()
+            if leader:
+                self._lead(qkey, batch)
+        if leader:
+            try:
+                self._process(batch)
+            finally:
+                with self._cond:
+                    self._free_slots += 1
+                    self._cond.notify_all()
+        else:
+            task.done.wait()
         if task.error is not None:
             raise task.error
         assert task.outputs is not None
         return task.outputs
 
+    def _lead(self, qkey: Hashable, batch: _Batch) -> None:
+        """Waits (holding the lock, released while waiting) until ``batch`` may run: it is
+        first in its queue, full or timed out, and a slot is free; then takes it out."""
+        timeout = self.params.batch_timeout_micros / 1e6
+        batches = self._queues[qkey]
+        while True:
+            now = self._clock()
+            ready = batch.closed or self._stopped or now - batch.created >= timeout
+            if ready and batches[0] is batch and self._free_slots > 0:
+                break
+            wait = None if ready or batches[0] is not batch else batch.created + timeout - now
+            self._cond.wait(wait)
+        batch.closed = True
+        batches.popleft()
+        if batches:
+            self._cond.notify_all()  # the next batch of this queue is first now
+        else:
+            del self._queues[qkey]
+        self._free_slots -= 1
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Runs what is queued, then stops the threads; later submits get UNAVAILABLE."""
+        """Lets queued batches run (no more waiting for them to fill), then refuses new
+        tasks with UNAVAILABLE; returns once nothing is queued or running."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout)
-
-    # ------------------------------------------------------------------ batch threads
-    def _next_batch(self) -> tuple[_Batch | None, float | None]:
-        """A batch ready to run (removed from its queue), else how long to wait."""
-        now = self._clock()
-        timeout = self.params.batch_timeout_micros / 1e6
-        wait = None
-        for qkey in list(self._queues):
-            batches = self._queues[qkey]
-            first = batches[0]
-            ready = first.closed or self._stopped or now - first.created >= timeout
-            if ready:
-                first.closed = True
-                batches.popleft()
-                if not batches:
-                    del self._queues[qkey]
-                else:  # fairness: this queue goes to the back of the line
-                    self._queues[qkey] = self._queues.pop(qkey)
-                return first, None
-            remaining = first.created + timeout - now
-            wait = remaining if wait is None else min(wait, remaining)
-        return None, wait
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    batch, wait = self._next_batch()
-                    if batch is not None:
-                        break
-                    if self._stopped:
-                        return
-                    self._cond.wait(wait)
-            self._process(batch)
+            self._cond.wait_for(
+                lambda: not self._queues and self._free_slots == self.params.num_batch_threads,
+                timeout,
+            )
 
     def _process(self, batch: _Batch) -> None:
         tasks = batch.tasks
