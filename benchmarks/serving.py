@@ -1,4 +1,4 @@
-"""Serving: server-added latency, batching throughput, REST vs gRPC, several processes.
+"""Serving: server-added latency, batching throughput, REST vs gRPC, client cost.
 
 One run measures, on one export, against peers measured in the same run:
 
@@ -8,16 +8,18 @@ One run measures, on one export, against peers measured in the same run:
   the **transport floor**: the p50 of a gRPC server subprocess that answers every Predict
   with a fixed, real answer of the same size (no model). Target: added <= floor + 0.1 ms.
 - (b) **throughput** with 16 and 64 concurrent clients sending batch-1 requests, with
-  ``--enable_batching`` against without. Target: at least 3x queries/second.
+  ``--enable_batching`` against without. Target: at least 3x queries/second. The same
+  comparison without the transport (``ServerCore.predict`` called by threads of this
+  process) shows what batching does for the model side alone.
 - (c) **REST** at batch 64 with 16 clients against gRPC at the same load. Target: REST
   p50 at most 2x gRPC's.
-- (d) **``--num_processes 2``** (SO_REUSEPORT) against 1 process, batch 1, with and without
-  batching.
+- (d) several server processes on one port: built, measured at commit 0fb2a17 with this
+  script (rows "2 processes"), no gain on 2 shared cores, not shipped (BENCHMARKS.md).
 - (e) what a client process pays: importing ``tensorflow_serving.apis.predict_pb2`` (all of
   TensorFlow) against ``serving.client`` (no TensorFlow), and one ``tfrs-cosine query``.
 
 Clients: (a) and (c) are threads of this process with prebuilt requests (official stubs;
-keep-alive ``http.client`` connections for REST); (b) and (d) run ``grpc.aio`` clients
+keep-alive ``http.client`` connections for REST); (b) runs ``grpc.aio`` clients
 (N coroutines, each with one request in flight) in a separate process, so the load
 generator does not share this process's interpreter lock with the in-process model.
 Servers, clients and the in-process model share the machine's cores: ratios within the
@@ -293,6 +295,19 @@ def main(argv: list[str] | None = None) -> int:
         record("in-process b=1, 1 client", measure_threads(in_process(tensors_1), 1, args.seconds))
         record("in-process b=64, 16 clients", measure_threads(in_process(tensors_64), 16, args.seconds))
 
+        # ---- batching without a transport: ServerCore.predict called by threads of this process
+        from serving.batching import BatchingParameters
+        from serving.core import ServerCore
+        from serving.versions import ModelConfig
+
+        for batching in (None, BatchingParameters.from_text(BATCHING)):
+            core = ServerCore([ModelConfig(MODEL, base)], poll_seconds=0, batching=batching)
+            core.load_initial()
+            for clients in (16, 64):
+                record(f"core {'on' if batching else 'off'}: b=1, {clients} threads",
+                       measure_threads(lambda i, core=core: core.predict(requests_1[i % 256]), clients, args.seconds))
+            core.stop()
+
         # ---- (a) server-added latency and the transport floor
         plain = start("plain")
         channel = grpc.insecure_channel(plain.target)
@@ -352,13 +367,6 @@ def main(argv: list[str] | None = None) -> int:
         for clients in (16, 64):
             record(f"on: gRPC b=1, {clients} clients", measure_aio(batched.target, requests_file, clients, args.seconds))
         batched.stop()
-        for name, flags in (("2 processes, off", []),
-                            ("2 processes, on", ["--enable_batching", "--batching_parameters_file", str(batching_file)])):
-            multi = start(name.replace(", ", "-").replace(" ", "-"), "--num_processes", "2", *flags)
-            for clients in (16, 64):
-                record(f"{name}: gRPC b=1, {clients} clients",
-                       measure_aio(multi.target, requests_file, clients, args.seconds))
-            multi.stop()
     finally:
         for srv in servers:
             srv.stop()
@@ -394,7 +402,7 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
     load = os.getloadavg()
     command = " ".join([".venv/bin/python -m benchmarks.serving", *argv])
     out = [
-        "# Serving: server-added latency, batching, REST, processes",
+        "# Serving: server-added latency, batching, REST, client cost",
         "",
         f"Command: `{command}`",
         "",
@@ -403,16 +411,15 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
         f"Export: {'given' if args.model_base_path else 'synthetic default (2,000 users, 300 items), 2 epochs, ScaNN'}, "
         f"K={args.k}, signature serving_default. {args.seconds:.0f} s per row.",
         "",
-        "| row | p50 ms | p99 ms | queries/s | vs peer |",
+        "| row | p50 ms | p99 ms | queries/s | queries/s vs peer |",
         "|---|---:|---:|---:|---:|",
     ]
     out += [line(k) for k in rows if k.startswith(("in-process", "floor", "gRPC b=1"))]
+    for c in (16, 64):
+        out += [line(f"core off: b=1, {c} threads"), line(f"core on: b=1, {c} threads", f"core off: b=1, {c} threads")]
     out += [line("gRPC b=64, 16 clients"), line("REST b=64, 16 clients", "gRPC b=64, 16 clients")]
     for c in (16, 64):
         out += [line(f"off: gRPC b=1, {c} clients"), line(f"on: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients")]
-    for c in (16, 64):
-        out += [line(f"2 processes, off: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients"),
-                line(f"2 processes, on: gRPC b=1, {c} clients", f"on: gRPC b=1, {c} clients")]
     out += [
         "",
         f"- (a) server-added latency, batch 1, 1 client: gRPC p50 {grpc_p50:.2f} ms - in-process "
@@ -420,10 +427,12 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
         f"{floor_p50:.2f} ms; target <= floor + 0.1 = {floor_p50 + 0.1:.2f} ms: "
         f"{'met' if ok_a else 'missed'} (lowest of two interleaved rows each).",
         f"- (b) batching on vs off, batch-1 requests: {speedups[16]:.2f}x at 16 clients, "
-        f"{speedups[64]:.2f}x at 64; target >= 3x: {'met' if ok_b else 'missed'}.",
+        f"{speedups[64]:.2f}x at 64; target >= 3x: {'met' if ok_b else 'missed'}. Without the "
+        "gRPC transport (ServerCore.predict in this process): "
+        + ", ".join(f"{r(f'core on: b=1, {c} threads')['qps'] / r(f'core off: b=1, {c} threads')['qps']:.2f}x at {c}"
+                    for c in (16, 64)) + ".",
         f"- (c) REST / gRPC p50 at batch 64, 16 clients: {rest_ratio:.2f}x; target <= 2x: "
         f"{'met' if ok_c else 'missed'}.",
-        "- (d) 2 processes (SO_REUSEPORT) vs 1: the 'vs peer' column of the 2-process rows.",
         "- (e) a client process, best of 3 fresh processes: "
         + "; ".join(f"`{k}` {min(rows[k]['seconds']):.2f} s" for k in (
             "import tensorflow_serving.apis.predict_pb2", "import serving.client", "tfrs-cosine query recommend")),

@@ -62,10 +62,6 @@ def register(subparsers) -> None:
         help="MonitoringConfig text proto; prometheus_config enables /monitoring/prometheus/metrics",
     )
     p.add_argument(
-        "--num_processes", type=int, default=1,
-        help="server processes sharing the ports (SO_REUSEPORT), each loading the models",
-    )
-    p.add_argument(
         "--access_log", "--verbose", dest="access_log", action="store_true",
         help="log one line per request: model, signature, version, status, ms",
     )
@@ -140,7 +136,6 @@ def _serve(args: argparse.Namespace) -> int:
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,
-        num_processes=args.num_processes,
         access_log=args.access_log,
     )
     # Every flag and config file is checked here, before TensorFlow is imported: a bad

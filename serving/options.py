@@ -40,7 +40,6 @@ class ServerOptions:
     batching_parameters_file: str | None = None
     monitoring_config_file: str | None = None
     access_log: bool = False
-    num_processes: int = 1
     warm_up: bool = True
 
     def check(self) -> None:
@@ -59,8 +58,6 @@ class ServerOptions:
             raise ServingError("--max_request_bytes must be positive")
         if self.batching_parameters_file and not self.enable_batching:
             raise ServingError("--batching_parameters_file needs --enable_batching")
-        if self.num_processes < 1:
-            raise ServingError("--num_processes must be >= 1")
         if self.grpc_max_threads < 1 or self.rest_api_num_threads < 1:
             raise ServingError("--grpc_max_threads and --rest_api_num_threads must be >= 1")
 

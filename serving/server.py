@@ -17,16 +17,14 @@ one job each:
 ``serving.json_codec``      REST JSON <-> numpy
 ==========================  ==============================================================
 
-As TF Serving, the server loads every model before it opens its ports. With
-``--num_processes N`` it starts N server processes that share the two ports
-(``SO_REUSEPORT``: the kernel spreads connections over them); each loads and hot-reloads
-the models on its own, and each keeps its own metrics.
+As TF Serving, the server loads every model before it opens its ports. It is one process:
+several processes sharing the ports (SO_REUSEPORT) were built and measured, and did not
+raise throughput on this project's 2-core machines (BENCHMARKS.md), so they are not offered.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import signal
 import socket
 import threading
@@ -53,7 +51,7 @@ def access_logger(method: str, path: str, status: str, model: str, signature: st
 
 def start_grpc_server(
     handler: Handler, model_health: ModelHealth, address: str, max_threads: int,
-    max_request_bytes: int, reuse_port: bool = False,
+    max_request_bytes: int,
 ) -> grpc.Server:
     """The three gRPC services on ``address``, started; ServingError if it cannot bind."""
     server = grpc.server(
@@ -61,7 +59,7 @@ def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.so_reuseport", 0),
         ],
     )
     add_services(server, handler, model_health)
@@ -75,13 +73,11 @@ def start_grpc_server(
     return server
 
 
-def rest_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """A listening TCP socket for waitress (SO_REUSEPORT when several processes share it)."""
+def rest_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for waitress."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as error:
@@ -94,10 +90,9 @@ def rest_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 class ModelServer:
     """The gRPC and REST front ends on one ServerCore, with clean start and stop."""
 
-    def __init__(self, options: ServerOptions, reuse_port: bool = False):
+    def __init__(self, options: ServerOptions):
         options.check()
         self.options = options
-        self.reuse_port = reuse_port
         self.metrics_path = metrics_path(options)
         self.metrics = None
         if self.metrics_path:
@@ -137,7 +132,7 @@ class ModelServer:
         address = f"{options.host}:{options.port}"
         self._grpc = start_grpc_server(
             handler, self.health, address, self.grpc_threads,
-            options.max_request_bytes, self.reuse_port,
+            options.max_request_bytes,
         )
         log.info("Running gRPC ModelServer at %s ...", address)
         if options.rest_api_port:
@@ -154,7 +149,7 @@ class ModelServer:
         from serving.rest import JsonErrorChannel, RestApp
 
         options = self.options
-        sock = rest_socket(options.host, options.rest_api_port, self.reuse_port)
+        sock = rest_socket(options.host, options.rest_api_port)
         app = RestApp(self.core, self.metrics, self.metrics_path, access)
         self._http = waitress.create_server(
             app,
@@ -226,53 +221,8 @@ def configure_logging() -> None:
     logging.getLogger("waitress").setLevel(logging.ERROR)
 
 
-def _child(options: ServerOptions, index: int) -> None:
-    configure_logging()
-    log.info("server process %d (pid %d)", index, multiprocessing.current_process().pid)
-    try:
-        ModelServer(options, reuse_port=True).serve_forever()
-    except ServingError as error:
-        log.error("server process %d: %s", index, error)
-        raise SystemExit(2) from None
-
-
 def serve(options: ServerOptions) -> int:
     """Runs the server until SIGTERM/SIGINT; 0 on a clean stop."""
     configure_logging()
-    if options.num_processes == 1:
-        ModelServer(options).serve_forever()
-        return 0
-    options.check()
-    model_configs(options)  # bad flags or files fail here, once, before any process starts
-    batching_parameters(options)
-    metrics_path(options)
-    context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(target=_child, args=(options, i), name=f"serve-{i}")
-        for i in range(options.num_processes)
-    ]
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("received %s: stopping %d server processes", signal.Signals(signum).name, len(children))
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for child in children:
-            child.start()
-        while not stop.wait(0.5):
-            if any(not c.is_alive() for c in children):
-                log.error("a server process exited; stopping the others")
-                break
-    finally:
-        for child in children:
-            if child.is_alive():
-                child.terminate()  # SIGTERM: each stops cleanly
-        for child in children:
-            child.join(30)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    codes = [c.exitcode for c in children]
-    log.info("server stopped (process exit codes %s)", codes)
-    return 0 if stop.is_set() and all(code == 0 for code in codes) else 1
+    ModelServer(options).serve_forever()
+    return 0
