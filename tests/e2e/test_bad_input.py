@@ -100,7 +100,8 @@ CASES = [
     Case("file-column-key", _file("empty.csv", 'data.columns={{rating = "r"}}'),
          "unknown data.columns key"),
     Case("leave-last-out-without-time",
-         _file("no_time.csv", "data.split=leave-last-out"), "needs timestamps"),
+         _file("no_time.csv", "data.split=leave-last-out", "evaluation.ks=[1]",
+               "evaluation.monitor_k=1"), "needs timestamps"),
     # train: the run directory
     Case("run-exists", ("train", "--run-dir", "{run}"), "already exists"),
     Case("resume-missing", ("train", "--run-dir", "{tmp}/none", "--resume"), "not found"),
@@ -149,6 +150,8 @@ CASES = [
     Case("serve-no-model", ("serve",), "--model_base_path"),
     Case("serve-missing-base", ("serve", "--model_base_path", "{tmp}/none"), "--model_base_path"),
     Case("serve-config-missing", ("serve", "--model_config_file", "{tmp}/none.config"), "none.config"),
+    Case("serve-config-binary", ("serve", "--model_config_file", "{tmp}/models.config"),
+         "models.config"),
     Case("serve-port", ("serve", "--model_base_path", "{tmp}", "--port", "70000"), "port"),
     # query
     Case("query-unreachable", ("query", "--target", "127.0.0.1:9", "--model", "m", "--retries", "0",
