@@ -51,7 +51,7 @@ from training.progress import Log
 from training.scan import ScanResult, sample_timestamps, scan
 from training.sources import ShardSet, file_chunks, keep_rows, open_shards
 from training.streaming_splits import SPLIT_NAMES, TRAIN, SplitRule, split_rule
-from training.vocabulary import item_sampling_probabilities, vocabulary
+from training.vocabulary import item_sampling_probabilities, vocabulary, vocabulary_files
 
 MAX_SHARD_LOSS = 0.01
 SHARD_POLICIES = ("auto", "files", "rows")
@@ -129,6 +129,7 @@ def prepare_streaming(config, log: Log = print, every: float = 30.0) -> Streamin
     a split that leaves no training or test row, and bad vocabulary files.
     """
     d = config.data
+    given = vocabulary_files(d)
     shards = open_shards(d.path, d.format, d.columns)
     rule = split_rule(d)
     if rule.needs_timestamps and rule.test_start is None:
@@ -139,8 +140,8 @@ def prepare_streaming(config, log: Log = print, every: float = 30.0) -> Streamin
             f"split {rule.describe()} left {result.split_rows['train']} training and "
             f"{result.split_rows['test']} test interactions"
         )
-    users = vocabulary(result.users, d, "user")
-    items = vocabulary(result.items, d, "item")
+    users = vocabulary(result.users, d, "user", given["user"])
+    items = vocabulary(result.items, d, "item", given["item"])
     shares, oov_share = item_sampling_probabilities(
         items, result.items.ids, result.items.counts[:, TRAIN]
     )

@@ -160,14 +160,26 @@ def read_vocabulary_file(path: str | Path, key: str) -> np.ndarray:
     return np.array(ids, dtype=str)
 
 
-def vocabulary(counts: IdCounts, config, kind: str) -> np.ndarray:
-    """The user or item (``kind``) vocabulary a ``DataConfig`` asks for."""
+def vocabulary(counts: IdCounts, config, kind: str, given: np.ndarray | None = None) -> np.ndarray:
+    """The user or item (``kind``) vocabulary a ``DataConfig`` asks for: ``given`` (read
+    from the vocabulary file), else chosen from ``counts``."""
+    if given is not None:
+        return given
     path = getattr(config, f"{kind}_vocabulary")
     if path:
         return read_vocabulary_file(path, f"data.{kind}_vocabulary")
     return choose_vocabulary(
         counts.ids, counts.total, config.min_count, getattr(config, f"max_{kind}s")
     )
+
+
+def vocabulary_files(config) -> dict[str, np.ndarray | None]:
+    """The vocabularies given as files, read before any pass (None where not given)."""
+    return {
+        kind: read_vocabulary_file(path, f"data.{kind}_vocabulary") if path else None
+        for kind in ("user", "item")
+        for path in [getattr(config, f"{kind}_vocabulary")]
+    }
 
 
 def item_sampling_probabilities(
