@@ -35,6 +35,7 @@ from training.shard_files import list_files
 
 CHUNK_ROWS = 16384
 PARQUET_BATCH_ROWS = 131072  # rows per Python -> TensorFlow hand-over
+PASS_CHUNK_ROWS = 65536  # chunks of the passes over all rows (for_each_chunk)
 NAMES = ("user_id", "item_id", "timestamp", "weight")
 _NUMBER = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
 _INTEGER = r"[+-]?[0-9]+"
@@ -156,8 +157,10 @@ def _tfrecord_columns(path: str, format: str, wanted: dict[str, str]) -> tuple[s
 
 
 @tf.autograph.experimental.do_not_convert
-def file_chunks(shards: ShardSet, file: str | tf.Tensor) -> tf.data.Dataset:
-    """One file as a dataset of chunks (dicts of ``(n,)`` tensors, ``n <= CHUNK_ROWS``).
+def file_chunks(
+    shards: ShardSet, file: str | tf.Tensor, chunk_rows: int = CHUNK_ROWS
+) -> tf.data.Dataset:
+    """One file as a dataset of chunks (dicts of ``(n,)`` tensors, ``n <= chunk_rows``).
 
     Keys: ``user_id``, ``item_id`` (stripped strings), ``timestamp`` (int64) and
     ``weight`` (float32) when the shards have them, ``has_ids`` (bool: both ids
@@ -165,11 +168,11 @@ def file_chunks(shards: ShardSet, file: str | tf.Tensor) -> tf.data.Dataset:
     ``file`` may be a string tensor (inside ``interleave``).
     """
     if shards.format == "parquet":
-        raw = _parquet_raw(shards, file)
+        raw = _parquet_raw(shards, file, chunk_rows)
     elif shards.format == "tfrecord":
-        raw = _tfrecord_raw(shards, file)
+        raw = _tfrecord_raw(shards, file, chunk_rows)
     else:
-        raw = _csv_raw(shards, file)
+        raw = _csv_raw(shards, file, chunk_rows)
     return raw.map(_finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -204,7 +207,7 @@ def _parse_numbers(text: tf.Tensor, dtype: tf.DType) -> tuple[tf.Tensor, tf.Tens
     return tf.cast(real, dtype), ok
 
 
-def _csv_raw(shards: ShardSet, file) -> tf.data.Dataset:
+def _csv_raw(shards: ShardSet, file, chunk_rows: int) -> tf.data.Dataset:
     positions = {name: shards.header.index(col) for name, col in shards.mapping.items()}
     selected = sorted(positions.values())
     dataset = tf.data.experimental.CsvDataset(
@@ -214,7 +217,7 @@ def _csv_raw(shards: ShardSet, file) -> tf.data.Dataset:
         field_delim="\t" if shards.format == "tsv" else ",",
         select_cols=selected,
         buffer_size=1 << 20,
-    ).batch(CHUNK_ROWS)
+    ).batch(chunk_rows)
 
     def columns(*fields):
         by_name = {name: fields[selected.index(p)] for name, p in positions.items()}
@@ -227,7 +230,7 @@ def _csv_raw(shards: ShardSet, file) -> tf.data.Dataset:
     return dataset.map(columns, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _tfrecord_raw(shards: ShardSet, file) -> tf.data.Dataset:
+def _tfrecord_raw(shards: ShardSet, file, chunk_rows: int) -> tf.data.Dataset:
     m = shards.mapping
     spec: dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature] = {
         m["user_id"]: tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -253,12 +256,12 @@ def _tfrecord_raw(shards: ShardSet, file) -> tf.data.Dataset:
 
     return (
         tf.data.TFRecordDataset(file, buffer_size=1 << 20)
-        .batch(CHUNK_ROWS)
+        .batch(chunk_rows)
         .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     )
 
 
-def _parquet_raw(shards: ShardSet, file) -> tf.data.Dataset:
+def _parquet_raw(shards: ShardSet, file, chunk_rows: int) -> tf.data.Dataset:
     m = shards.mapping
     names = [n for n in NAMES if n in m]
     signature: dict[str, tf.TensorSpec] = {}
@@ -287,7 +290,7 @@ def _parquet_raw(shards: ShardSet, file) -> tf.data.Dataset:
     file = tf.convert_to_tensor(file, tf.string)
     return tf.data.Dataset.from_generator(
         generate, args=(file,), output_signature=tuple(signature.values())
-    ).map(strings).rebatch(CHUNK_ROWS)
+    ).map(strings).rebatch(chunk_rows)
 
 
 def _parquet_batches(path: str, columns: list[str], names: list[str]) -> Iterator[dict]:
@@ -357,10 +360,12 @@ def for_each_chunk(
     process: Callable[[dict[str, tf.Tensor]], None] | None = None,
     transform: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None = None,
     parallel_files: int = 2,
+    chunk_rows: int = PASS_CHUNK_ROWS,
 ) -> None:
     """Calls ``process`` on every chunk of every file, in a deterministic order.
 
-    ``parallel_files`` files are read at once (one traced pipeline for all files).
+    ``parallel_files`` files are read at once (one traced pipeline for all files), in
+    chunks of ``chunk_rows`` (larger than the pipeline's: fewer Python steps per row).
     ``transform`` runs inside tf.data and adds keys to the chunk; ``process`` runs in
     Python and sees the chunk's file index as ``chunk["file"]``. A row with ids and a
     bad timestamp or weight, or a read error, raises ``InputError`` naming the file
@@ -369,7 +374,7 @@ def for_each_chunk(
     cycle = max(1, min(parallel_files, len(shards.files)))
 
     def chunks_of(index, path):
-        return file_chunks(shards, path).map(lambda c: c | {"file": index})
+        return file_chunks(shards, path, chunk_rows).map(lambda c: c | {"file": index})
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(shards.files), dtype=tf.int64), tf.constant(shards.files))
@@ -448,7 +453,10 @@ def decode_strings(values: np.ndarray | tf.Tensor) -> np.ndarray:
         values = values.numpy()
     if len(values) == 0:
         return np.zeros(0, dtype=str)
-    return np.char.decode(np.asarray(values, dtype=np.bytes_), "utf-8")
+    try:  # ASCII ids: numpy converts them about 2.5x faster than np.char.decode
+        return np.asarray(values, dtype=np.bytes_).astype(str)
+    except UnicodeDecodeError:
+        return np.array([value.decode("utf-8") for value in values], dtype=str)
 
 
 def _first_line(text: str) -> str:

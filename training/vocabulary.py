@@ -46,9 +46,9 @@ def count_by_id(ids: tf.Tensor, codes: tf.Tensor) -> dict[str, tf.Tensor]:
     """Distinct ids of a chunk and their rows per split, keyed by 64-bit fingerprint.
 
     Returns ``fingerprints (m,)`` int64, ``ids (m,)`` (each fingerprint's first id),
-    ``counts (m, 3)`` int64 and ``collision`` (bool: two ids of the chunk share a
-    fingerprint). Fingerprints make the counting about 2x (per chunk) and 10x (merging,
-    numpy sorts) faster than keying by strings.
+    ``counts (m, 3)`` int64 and ``collision (2,)``: two ids of the chunk with one
+    fingerprint, or two empty strings. Fingerprints make the counting about 2x (per
+    chunk) and 10x (merging: numpy sorts) faster than keying by strings.
     """
     fingerprints = tf.strings.to_hash_bucket_fast(ids, _FINGERPRINTS)
     distinct, index = tf.unique(fingerprints)
@@ -60,8 +60,22 @@ def count_by_id(ids: tf.Tensor, codes: tf.Tensor) -> dict[str, tf.Tensor]:
         "fingerprints": distinct,
         "ids": firsts,
         "counts": tf.math.unsorted_segment_sum(per_split, index, size),
-        "collision": tf.reduce_any(tf.gather(firsts, index) != ids),
+        "collision": _disagreement(tf.gather(firsts, index), ids),
     }
+
+
+def _disagreement(expected: tf.Tensor, actual: tf.Tensor) -> tf.Tensor:
+    """The first ``(expected[k], actual[k])`` that differ, else two empty strings
+    (ids are never empty)."""
+    differs = tf.cast(expected != actual, tf.int32)
+    k = tf.argmax(tf.concat([differs, [1]], axis=0))
+    return tf.stack([tf.concat([expected, [""]], 0)[k], tf.concat([actual, [""]], 0)[k]])
+
+
+def _raise_if_collision(pair: tf.Tensor) -> None:
+    a, b = (value.decode("utf-8") for value in pair.numpy())
+    if a:
+        raise InputError(f"ids {a!r} and {b!r} share a 64-bit fingerprint; rename one of them")
 
 
 class IdCounter:
@@ -82,8 +96,7 @@ class IdCounter:
 
     def add(self, counted: dict[str, tf.Tensor]) -> None:
         """Adds one ``count_by_id`` result."""
-        if bool(counted["collision"]):
-            _collision(counted["ids"], counted["fingerprints"])
+        _raise_if_collision(counted["collision"])
         fingerprints = counted["fingerprints"].numpy()
         self._pending.append((fingerprints, counted["counts"].numpy(), counted["ids"]))
         self._pending_rows += len(fingerprints)
@@ -95,15 +108,18 @@ class IdCounter:
             return
         fingerprints = np.concatenate([self._fingerprints, *(p[0] for p in self._pending)])
         counts = np.concatenate([self._counts, *(p[1] for p in self._pending)])
-        ids = tf.concat([self._ids, *(p[2] for p in self._pending)], axis=0)
-        distinct, first, inverse = np.unique(fingerprints, return_index=True, return_inverse=True)
+        pending_ids = tf.concat([p[2] for p in self._pending], axis=0)
+        ids = tf.concat([self._ids, pending_ids], axis=0)
+        distinct, first, inverse = _unique(fingerprints)
         merged = np.zeros((len(distinct), NUM_SPLITS), np.int64)
         for split in range(NUM_SPLITS):
             merged[:, split] = np.bincount(inverse, counts[:, split], len(distinct)).round()
-        self._ids = tf.gather(ids, first)
-        if bool(tf.reduce_any(tf.gather(self._ids, inverse) != ids)):
-            _collision(ids, fingerprints)
-        self._fingerprints, self._counts = distinct, merged
+        merged_ids = tf.gather(ids, first)
+        # Each fingerprint keeps its first id (the table's when it has one), so checking
+        # the pending ids against it finds every disagreement.
+        kept = len(self._fingerprints)
+        _raise_if_collision(_disagreement(tf.gather(merged_ids, inverse[kept:]), pending_ids))
+        self._fingerprints, self._counts, self._ids = distinct, merged, merged_ids
         self._pending, self._pending_rows = [], 0
 
     def __len__(self) -> int:
@@ -115,13 +131,18 @@ class IdCounter:
         return IdCounts(decode_strings(self._ids), self._counts)
 
 
-def _collision(ids: tf.Tensor, fingerprints: np.ndarray | tf.Tensor) -> None:
-    values = np.asarray(fingerprints)
-    order = np.argsort(values, kind="stable")
-    names = decode_strings(ids)[order]
-    same = np.flatnonzero((values[order][1:] == values[order][:-1]) & (names[1:] != names[:-1]))
-    a, b = names[same[0]], names[same[0] + 1]
-    raise InputError(f"ids {a!r} and {b!r} share a 64-bit fingerprint; rename one of them")
+def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(values, return_index=True, return_inverse=True)`` (index: the first
+    occurrence) on an unstable sort, about 1.5x faster than ``np.unique``'s."""
+    order = np.argsort(values)
+    ordered = values[order]
+    starts = np.empty(len(ordered), bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    inverse = np.empty(len(ordered), np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    first = np.minimum.reduceat(order, np.flatnonzero(starts)) if len(order) else order
+    return ordered[starts], first, inverse
 
 
 def choose_vocabulary(

@@ -169,6 +169,19 @@ def test_min_count_and_maximum_sizes_map_the_rest_to_oov(shard_dir, interactions
     assert data.oov_item_probability == pytest.approx(oov_rows / oov_ids / total, rel=1e-6)
 
 
+def test_a_fingerprint_collision_is_an_error_not_a_merge(monkeypatch):
+    import training.vocabulary as vocabulary
+
+    monkeypatch.setattr(vocabulary, "_FINGERPRINTS", 1)  # every id collides
+    codes = tf.constant([0], tf.int32)
+    counter = IdCounter(min_buffer=1)
+    counter.add(count_by_id(tf.constant(["a"]), codes))
+    with pytest.raises(InputError, match="ids 'a' and 'b' share a 64-bit fingerprint"):
+        counter.add(count_by_id(tf.constant(["b"]), codes))  # across chunks, when merging
+    with pytest.raises(InputError, match="share a 64-bit fingerprint"):
+        IdCounter().add(count_by_id(tf.constant(["c", "d"]), tf.constant([0, 1], tf.int32)))
+
+
 def test_choose_vocabulary_breaks_ties_by_id():
     ids = np.array(["d", "a", "c", "b"])
     counts = np.array([5, 3, 3, 1])

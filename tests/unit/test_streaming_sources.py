@@ -93,6 +93,15 @@ def test_ids_are_stripped_and_rows_without_ids_dropped_like_pandas(tmp_path):
     np.testing.assert_array_equal(got.timestamp, expected.timestamp)
 
 
+def test_non_ascii_ids_round_trip(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.tsv").write_text("user_id\titem_id\nJürgen\tcafé\nu2\t東京\n",
+                                          encoding="utf-8")
+    got, _ = read_interactions(open_shards(str(tmp_path / "d")))
+    np.testing.assert_array_equal(got.user_id, ["Jürgen", "u2"])
+    np.testing.assert_array_equal(got.item_id, ["café", "東京"])
+
+
 def test_column_mapping_and_integer_ids_in_parquet(tmp_path):
     frame = pd.DataFrame({"uid": [7, 8, 7], "movie": ["a", "b", "c"], "ts": [3.0, 1.0, 2.0]})
     frame.to_parquet(tmp_path / "a.parquet")
