@@ -3,7 +3,8 @@
 * ``IdCounter``: occurrences per id and split over a stream of chunks. Memory
   ``O(distinct ids)``: per-chunk counts (``count_by_id``, in tf.data) are buffered and
   merged into a table sorted by fingerprint whenever the buffer outgrows the table, so
-  each chunk's counts are merged a constant number of times on average.
+  each chunk's counts are merged a constant number of times on average; each id's
+  string is copied once.
 * ``choose_vocabulary``: ids with at least ``data.min_count`` rows (all splits), the
   ``data.max_users`` / ``data.max_items`` most frequent of them (ties by id), sorted
   like ``np.unique``. Everything else maps to the tower's out-of-vocabulary row.
@@ -28,6 +29,8 @@ from training.sources import decode_strings
 
 NUM_SPLITS = 3
 _FINGERPRINTS = (1 << 63) - 1  # to_hash_bucket_fast: FarmHash64 modulo this
+_CHECKS = (1 << 63) - 1
+_CHECK_KEY = [0x1E3779B97F4A7C15, 0x32B2AE3D27D4EB4F]  # any two int64
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,10 @@ class IdCounts:
 def count_by_id(ids: tf.Tensor, codes: tf.Tensor) -> dict[str, tf.Tensor]:
     """Distinct ids of a chunk and their rows per split, keyed by 64-bit fingerprint.
 
-    Returns ``fingerprints (m,)`` int64, ``ids (m,)`` (each fingerprint's first id),
-    ``counts (m, 3)`` int64 and ``collision (2,)``: two ids of the chunk with one
-    fingerprint, or two empty strings. Fingerprints make the counting about 2x (per
-    chunk) and 10x (merging: numpy sorts) faster than keying by strings.
+    Returns ``fingerprints (m,)`` int64 (FarmHash), ``checks (m,)`` int64 (a second,
+    independent SipHash fingerprint that detects collisions when merging), ``ids (m,)``
+    (each fingerprint's first id), ``counts (m, 3)`` int64 and ``collision (2,)``: two
+    ids of the chunk with one fingerprint, or two empty strings.
     """
     fingerprints = tf.strings.to_hash_bucket_fast(ids, _FINGERPRINTS)
     distinct, index = tf.unique(fingerprints)
@@ -58,6 +61,7 @@ def count_by_id(ids: tf.Tensor, codes: tf.Tensor) -> dict[str, tf.Tensor]:
     per_split = tf.one_hot(codes, NUM_SPLITS, dtype=tf.int64)
     return {
         "fingerprints": distinct,
+        "checks": tf.strings.to_hash_bucket_strong(firsts, _CHECKS, key=_CHECK_KEY),
         "ids": firsts,
         "counts": tf.math.unsorted_segment_sum(per_split, index, size),
         "collision": _disagreement(tf.gather(firsts, index), ids),
@@ -81,46 +85,72 @@ def _raise_if_collision(pair: tf.Tensor) -> None:
 class IdCounter:
     """Sums ``count_by_id`` outputs over a stream in ``O(distinct ids)`` memory.
 
-    The table is sorted fingerprints with their counts (numpy, 32 B per id) and ids
-    (a string tensor). Two different ids with one fingerprint (probability about
-    ``n^2 / 2^65``: 3e-6 at 10M ids) raise ``InputError`` rather than merge silently.
+    The table is numpy, 40 B per id, sorted by fingerprint: fingerprint, check, counts
+    per split, and the id's slot in a string store that only grows (each id's string
+    is copied once, when first merged). Merging is therefore numeric: a sort of the
+    table and the pending fingerprints. Two different ids with one fingerprint
+    (probability about ``n^2 / 2^65``: 3e-6 at 10M ids) differ in their check and raise
+    ``InputError`` rather than merge silently.
     """
 
     def __init__(self, min_buffer: int = 1 << 20):
         self.min_buffer = min_buffer
         self._fingerprints = np.zeros(0, np.int64)
+        self._checks = np.zeros(0, np.int64)
         self._counts = np.zeros((0, NUM_SPLITS), np.int64)
-        self._ids = tf.constant([], tf.string)
-        self._pending: list[tuple[np.ndarray, np.ndarray, tf.Tensor]] = []
+        self._slots = np.zeros(0, np.int64)
+        self._store: list[tf.Tensor] = []
+        self._stored = 0
+        self._pending: list[dict] = []
         self._pending_rows = 0
 
     def add(self, counted: dict[str, tf.Tensor]) -> None:
         """Adds one ``count_by_id`` result."""
         _raise_if_collision(counted["collision"])
-        fingerprints = counted["fingerprints"].numpy()
-        self._pending.append((fingerprints, counted["counts"].numpy(), counted["ids"]))
-        self._pending_rows += len(fingerprints)
+        part = {k: counted[k].numpy() for k in ("fingerprints", "checks", "counts")}
+        part["ids"] = counted["ids"]
+        self._pending.append(part)
+        self._pending_rows += len(part["fingerprints"])
         if self._pending_rows >= max(self.min_buffer, len(self._fingerprints)):
             self._merge()
 
     def _merge(self) -> None:
         if not self._pending:
             return
-        fingerprints = np.concatenate([self._fingerprints, *(p[0] for p in self._pending)])
-        counts = np.concatenate([self._counts, *(p[1] for p in self._pending)])
-        pending_ids = tf.concat([p[2] for p in self._pending], axis=0)
-        ids = tf.concat([self._ids, pending_ids], axis=0)
+
+        def stacked(key: str, table: np.ndarray) -> np.ndarray:
+            return np.concatenate([table, *(p[key] for p in self._pending)])
+
+        fingerprints = stacked("fingerprints", self._fingerprints)
+        checks = stacked("checks", self._checks)
+        counts = stacked("counts", self._counts)
+        pending_ids = tf.concat([p["ids"] for p in self._pending], axis=0)
+        kept = len(self._fingerprints)
         distinct, first, inverse = _unique(fingerprints)
+        wrong = np.flatnonzero(checks != checks[first][inverse])
+        if len(wrong):
+            owner = first[inverse[wrong[0]]]
+            a = self._string(owner, pending_ids, kept)
+            _raise_if_collision(tf.constant([a, self._string(wrong[0], pending_ids, kept)]))
         merged = np.zeros((len(distinct), NUM_SPLITS), np.int64)
         for split in range(NUM_SPLITS):
             merged[:, split] = np.bincount(inverse, counts[:, split], len(distinct)).round()
-        merged_ids = tf.gather(ids, first)
-        # Each fingerprint keeps its first id (the table's when it has one), so checking
-        # the pending ids against it finds every disagreement.
-        kept = len(self._fingerprints)
-        _raise_if_collision(_disagreement(tf.gather(merged_ids, inverse[kept:]), pending_ids))
-        self._fingerprints, self._counts, self._ids = distinct, merged, merged_ids
+        new = first >= kept
+        slots = np.empty(len(distinct), np.int64)
+        slots[~new] = self._slots[first[~new]]
+        slots[new] = self._stored + np.arange(int(new.sum()))
+        self._store.append(tf.gather(pending_ids, first[new] - kept))
+        self._stored += int(new.sum())
+        self._fingerprints, self._checks, self._counts, self._slots = (
+            distinct, checks[first], merged, slots
+        )
         self._pending, self._pending_rows = [], 0
+
+    def _string(self, row: int, pending_ids: tf.Tensor, kept: int) -> bytes:
+        """The id of a row of the table (``row < kept``) or of the pending part."""
+        if row >= kept:
+            return pending_ids[row - kept].numpy()
+        return tf.concat(self._store, axis=0)[self._slots[row]].numpy()
 
     def __len__(self) -> int:
         self._merge()
@@ -128,7 +158,8 @@ class IdCounter:
 
     def result(self) -> IdCounts:
         self._merge()
-        return IdCounts(decode_strings(self._ids), self._counts)
+        store = tf.concat([tf.constant([], tf.string), *self._store], axis=0)
+        return IdCounts(decode_strings(tf.gather(store, self._slots)), self._counts)
 
 
 def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -180,6 +180,11 @@ def test_a_fingerprint_collision_is_an_error_not_a_merge(monkeypatch):
         counter.add(count_by_id(tf.constant(["b"]), codes))  # across chunks, when merging
     with pytest.raises(InputError, match="share a 64-bit fingerprint"):
         IdCounter().add(count_by_id(tf.constant(["c", "d"]), tf.constant([0, 1], tf.int32)))
+    counter = IdCounter(min_buffer=1)  # a table id against a later chunk's
+    counter.add(count_by_id(tf.constant(["e"]), codes))
+    counter.add(count_by_id(tf.constant(["e"]), codes))
+    with pytest.raises(InputError, match="ids 'e' and 'f' share a 64-bit fingerprint"):
+        counter.add(count_by_id(tf.constant(["f"]), codes))
 
 
 def test_choose_vocabulary_breaks_ties_by_id():
