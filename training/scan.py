@@ -6,8 +6,9 @@ per item and split (``IdCounter``: vocabularies, logQ frequencies, the users eac
 split evaluates). It also validates every row, so a bad shard fails here, named, and
 not hours into training.
 
-Cost: one read of the data; memory ``O(distinct users + distinct items)`` plus one
-chunk per reader. ``sample_timestamps`` is a second, earlier pass, run only for a
+Cost: one read of the data; memory ``O(distinct users + distinct items)`` (``IdCounter``)
+plus the reading buffers, which do not grow with the rows (BENCHMARKS.md, "Scale:
+streaming input": about 400 MiB above the import, and 590 MiB more for 1.1M ids). ``sample_timestamps`` is a second, earlier pass, run only for a
 time split whose cutoffs are quantiles: a seeded uniform sample of at most
 ``TIMESTAMP_SAMPLE`` timestamps (8 MB).
 """

@@ -14,13 +14,13 @@ are the global row number (so a time split holds out the last rows written).
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from training.data_cli import data_commands
 from training.errors import InputError
 from training.schema import Interactions
 
@@ -193,11 +193,7 @@ def write_synthetic_shards(
 
 def register(subparsers) -> None:
     """Adds ``data write-shards`` to the CLI (the ``data`` group may already exist)."""
-    data = subparsers.choices.get("data") or subparsers.add_parser(
-        "data", help="fetch and inspect datasets"
-    )
-    actions = [a for a in data._actions if isinstance(a, argparse._SubParsersAction)]
-    commands = actions[0] if actions else data.add_subparsers(dest="data_command", required=True)
+    commands = data_commands(subparsers)
     p = commands.add_parser(
         "write-shards",
         help="write synthetic interactions as Parquet/CSV/TSV/TFRecord shards",

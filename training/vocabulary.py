@@ -85,7 +85,7 @@ def _raise_if_collision(pair: tf.Tensor) -> None:
 class IdCounter:
     """Sums ``count_by_id`` outputs over a stream in ``O(distinct ids)`` memory.
 
-    The table is numpy, 40 B per id, sorted by fingerprint: fingerprint, check, counts
+    The table is numpy, 48 B per id, sorted by fingerprint: fingerprint, check, counts
     per split, and the id's slot in a string store that only grows (each id's string
     is copied once, when first merged). Merging is therefore numeric: a sort of the
     table and the pending fingerprints. Two different ids with one fingerprint
