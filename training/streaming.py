@@ -19,7 +19,7 @@ One epoch, for worker ``index`` of ``num_workers``:
    ``num_workers``;
 5. rows permuted within consecutive blocks of ``training.shuffle_buffer`` rows, block
    ``k`` by the stateless seed ``fold_in((seed, epoch), k)``;
-6. batches of ``batch_size``, ``steps_per_epoch`` of them, each looking up
+6. batches of ``batch_size``, ``steps_per_epoch x replicas`` of them, each looking up
    ``item_probability`` in a hash table (logQ).
 
 So epoch ``e`` has the same batches in every process that builds it, resumed or not,
@@ -35,12 +35,17 @@ equal share of training rows every worker has loses at most ``MAX_SHARD_LOSS`` o
 rows per epoch), else by rows (every worker reads every file and keeps its rows).
 Every worker runs the same ``steps_per_epoch``. tf.data's own auto-sharding is turned
 off: under a ``tf.distribute`` strategy, build the dataset per input pipeline with
-``distribute_datasets_from_function`` and ``WorkerShard.from_input_context``.
+``distribute_datasets_from_function``, ``WorkerShard.from_input_context(context)``, the
+per-replica batch size and ``replicas = context.num_replicas_in_sync //
+context.num_input_pipelines``. With more than one replica per pipeline an epoch is
+``floor(rows / (batch_size x replicas))`` model steps (the remainder is dropped: a
+replica must never get an empty batch), so every epoch ends on a step boundary.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +134,8 @@ def prepare_streaming(config, log: Log = print, every: float = 30.0) -> Streamin
     a split that leaves no training or test row, and bad vocabulary files.
     """
     d = config.data
+    if d.source != "file":
+        raise InputError(f"a streaming source needs data.source = 'file', got {d.source!r}")
     given = vocabulary_files(d)
     shards = open_shards(d.path, d.format, d.columns)
     rule = split_rule(d)
@@ -156,8 +163,9 @@ class TrainingInput:
     """One worker's training batches, epoch by epoch (see the module doc).
 
     ``files`` are this worker's files; ``sharding`` is ``none``, ``files`` or ``rows``;
-    ``rows_per_epoch`` the training rows it reads per epoch, of which the first
-    ``steps_per_epoch`` batches are used (the same count on every worker).
+    ``steps_per_epoch`` is the model's steps per epoch (the same on every worker): each
+    takes ``replicas`` batches of ``batch_size``, and ``rows_per_epoch`` is the training
+    rows they hold.
     """
 
     data: StreamingData
@@ -170,9 +178,10 @@ class TrainingInput:
     sharding: str
     rows_per_epoch: int
     steps_per_epoch: int
+    replicas: int = 1
 
     def epoch(self, epoch: int) -> tf.data.Dataset:
-        """Epoch ``epoch``'s batches: ``steps_per_epoch`` dicts of ``(b,)`` tensors."""
+        """Epoch ``epoch``'s batches: ``steps_per_epoch x replicas`` dicts of ``(b,)`` tensors."""
         table = self._probability_table()
         return self._epoch(tf.constant(epoch, tf.int64), table).prefetch(tf.data.AUTOTUNE)
 
@@ -196,7 +205,8 @@ class TrainingInput:
         return (
             f"pipeline: {shard}{len(self.files)} {self.data.shards.format} file(s), "
             f"{self.data.interleave_files} read at once, shuffle blocks of "
-            f"{self.shuffle_buffer:,} rows, batch {self.batch_size:,}, "
+            f"{self.shuffle_buffer:,} rows, batch {self.batch_size:,}"
+            f"{f' x {self.replicas} replicas' if self.replicas > 1 else ''}, "
             f"{self.steps_per_epoch:,} steps per epoch ({self.rows_per_epoch:,} rows)"
         )
 
@@ -242,12 +252,30 @@ class TrainingInput:
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
-        dataset = dataset.rebatch(self.batch_size).take(self.steps_per_epoch)
+        dataset = dataset.rebatch(self.batch_size).take(self.steps_per_epoch * self.replicas)
         if table is not None:
             dataset = dataset.map(lambda b: b | {"item_probability": table.lookup(b["item_id"])})
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return dataset.with_options(options)
+
+
+class EpochRate(tf.keras.callbacks.Callback):
+    """Logs each epoch's training rows and rows/s (input and training steps together):
+    ``epoch 3: 7,001,483 rows in 52.1 s (134,385 rows/s)``. ``clock`` is injectable."""
+
+    def __init__(self, rows_per_epoch: int, log: Log = print, clock=time.perf_counter):
+        super().__init__()
+        self.rows, self.log, self.clock = rows_per_epoch, log, clock
+        self.started = clock()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = self.clock()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = self.clock() - self.started
+        self.log(f"epoch {epoch + 1}: {self.rows:,} rows in {seconds:.1f} s "
+                 f"({self.rows / max(seconds, 1e-9):,.0f} rows/s)")
 
 
 def _permute(rows: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -284,12 +312,14 @@ def make_training_input(
     batch_size: int | None = None,
     logq: bool | None = None,
     policy: str = "auto",
+    replicas: int = 1,
 ) -> TrainingInput:
     """The training input of one worker (see the module doc).
 
     ``batch_size`` defaults to ``training.batch_size`` (pass the per-replica size under
     a strategy), ``logq`` to ``model.logq_correction``; ``policy`` is ``auto``,
-    ``files`` or ``rows`` (how to shard across workers).
+    ``files`` or ``rows`` (how to shard across workers); ``replicas`` is how many
+    replicas this input pipeline feeds.
     """
     if policy not in SHARD_POLICIES:
         raise InputError(f"unknown shard policy {policy!r}; valid: {', '.join(SHARD_POLICIES)}")
@@ -315,8 +345,16 @@ def make_training_input(
                     "must see the rows in the same order)"
                 )
             sharding, rows = "rows", total // workers
-    if rows == 0:
-        raise InputError(f"worker {shard.index} of {workers} gets no training row")
+    if replicas > 1:  # whole steps only: no replica may get an empty batch
+        steps = rows // (batch_size * replicas)
+        rows = steps * batch_size * replicas
+    else:
+        steps = math.ceil(rows / batch_size)
+    if steps == 0:
+        raise InputError(
+            f"worker {shard.index} of {workers} has {rows} training rows: not one step of "
+            f"{batch_size} x {replicas} replica(s)"
+        )
     return TrainingInput(
         data=data,
         batch_size=batch_size,
@@ -327,5 +365,6 @@ def make_training_input(
         files=tuple(mine),
         sharding=sharding,
         rows_per_epoch=rows,
-        steps_per_epoch=math.ceil(rows / batch_size),
+        steps_per_epoch=steps,
+        replicas=replicas,
     )

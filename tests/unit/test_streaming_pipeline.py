@@ -17,6 +17,7 @@ from training.schema import Interactions
 from training.shards import write_interactions
 from training.splits import split_data
 from training.streaming import (
+    EpochRate,
     StreamingData,
     WorkerShard,
     balance_files,
@@ -117,6 +118,17 @@ def test_worker_shards_partition_the_training_rows(streaming, shard_dir, epoch_0
         assert sum(epoch_0.values()) - sum(union.values()) <= 1
     with pytest.raises(InputError, match="worker shard 2 of 2 does not exist"):
         WorkerShard(2, 2)
+
+
+def test_several_replicas_get_whole_steps_of_full_batches(streaming, shard_dir):
+    config = config_for(shard_dir)
+    training = make_training_input(streaming, config, batch_size=48, replicas=3)
+    train_rows = streaming.split_rows["train"]
+    assert training.steps_per_epoch == train_rows // (48 * 3)
+    sizes = [len(b["user_id"]) for b in training.epoch(0).as_numpy_iterator()]
+    assert sizes == [48] * (training.steps_per_epoch * 3)
+    with pytest.raises(InputError, match="not one step of 4096 x 2 replica"):
+        make_training_input(streaming, config, batch_size=4096, replicas=2)
 
 
 def test_files_balance_across_workers():
@@ -249,3 +261,26 @@ def test_rate_log_reports_rows_per_second_with_an_injected_clock():
         "vocabulary pass: 3,000 rows so far, file 1 of 2 (250 rows/s)",
         "vocabulary pass: 5,000 rows in 20.0 s (250 rows/s); 3 users",
     ]
+
+
+def test_epoch_rate_logs_rows_per_second_per_epoch():
+    now = [100.0]
+    lines = []
+    rate = EpochRate(50_000, lines.append, clock=lambda: now[0])
+    rate.on_epoch_begin(2)
+    now[0] += 12.5
+    rate.on_epoch_end(2)
+    assert lines == ["epoch 3: 50,000 rows in 12.5 s (4,000 rows/s)"]
+
+
+def test_streaming_needs_a_file_source():
+    with pytest.raises(InputError, match="needs data.source = 'file', got 'synthetic'"):
+        prepare_streaming(load_config(None, ["data.split='hash-user'"]))
+
+
+def test_nondeterministic_order_keeps_the_rows_and_refuses_row_sharding(shard_dir, epoch_0):
+    config = config_for(shard_dir, "data.deterministic_order=false")
+    data = prepare_streaming(config, log=lambda line: None)
+    assert Counter(rows_of(make_training_input(data, config).epoch(0))) == epoch_0
+    with pytest.raises(InputError, match="sharding by rows needs data.deterministic_order"):
+        make_training_input(data, config, WorkerShard(2, 0), policy="rows")
