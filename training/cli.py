@@ -136,10 +136,12 @@ def _register_training(commands) -> None:
 
 def _plugins():
     """``register`` functions of this package's and the higher layers' subcommands."""
-    from training.movielens import register as register_data
+    from training.movielens import register as register_fetch
+    from training.shards import register as register_write_shards
     from training.study.cli import register as register_study
 
-    yield register_data
+    yield register_fetch
+    yield register_write_shards
     yield register_study
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         yield entry.load()

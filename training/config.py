@@ -26,9 +26,10 @@ from training.feature_spec import (
 )
 
 HEAD_NAMES = ("cosine", "dot")  # mirrors tfrs_cosine.HEADS without importing TensorFlow
-SPLITS = ("random", "leave-last-out")
+SPLITS = ("random", "leave-last-out", "time", "hash-user", "hash-interaction")
+STREAMING_SPLITS = ("time", "hash-user", "hash-interaction")  # decided per row (streaming)
 OPTIMIZERS = ("adagrad", "adam", "sgd")
-FILE_FORMATS = ("", "csv", "tsv", "parquet")
+FILE_FORMATS = ("", "csv", "tsv", "parquet", "tfrecord")
 
 
 @dataclass
@@ -41,15 +42,28 @@ class DataConfig:
     min_items_per_user: int = 5
     max_items_per_user: int = 100
     seed: int = 0
-    # file: CSV, TSV or Parquet; `columns` maps our names to the file's column names.
+    # file: CSV, TSV, Parquet or TFRecord; one file, a directory or a glob of shards;
+    # `columns` maps our names to the file's column names.
     path: str = ""
     format: str = ""
     columns: dict[str, str] = field(default_factory=dict)
+    interleave_files: int = 4  # shards read at once by the streaming pipeline
+    deterministic_order: bool = True  # same row order for the same (seed, epoch)
+    # vocabularies: from files (one id per line), else counted; the rest maps to OOV
+    user_vocabulary: str = ""
+    item_vocabulary: str = ""
+    min_count: int = 1
+    max_users: int = 0  # 0: no limit
+    max_items: int = 0
     # splits
     split: str = "random"
     test_fraction: float = 0.2
     validation_fraction: float = 0.1
     split_seed: int = 42
+    # time split: test from test_start, validation from validation_start (timestamps);
+    # unset: quantiles of the timestamps by the fractions
+    test_start: int | None = None
+    validation_start: int | None = None
 
 
 @dataclass
@@ -84,6 +98,7 @@ class TrainingConfig:
     early_stopping_patience: int = 3  # epochs without validation improvement; 0 disables
     seed: int = 0
     mixed_precision: bool = False
+    shuffle_buffer: int = 100_000  # rows shuffled together by the streaming pipeline
 
 
 @dataclass
@@ -189,7 +204,10 @@ def validate(config: Config) -> None:
 
     require(d.source != "", "data.source must not be empty")
     require(d.split in SPLITS, f"unknown data.split {d.split!r}; valid: {', '.join(SPLITS)}")
-    require(d.format in FILE_FORMATS, f"unknown data.format {d.format!r}; valid: csv, tsv, parquet")
+    require(
+        d.format in FILE_FORMATS,
+        f"unknown data.format {d.format!r}; valid: {', '.join(FILE_FORMATS[1:])}",
+    )
     require(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
     require(
         0 <= d.validation_fraction < 1,
@@ -203,6 +221,7 @@ def validate(config: Config) -> None:
     )
     require(d.num_clusters <= d.num_items, "data.num_clusters must be <= data.num_items")
     require(d.source != "file" or d.path != "", "data.source = 'file' needs data.path")
+    _validate_streaming(d, require)
     require(
         m.head in HEAD_NAMES, f"unknown model.head {m.head!r}; valid heads: {', '.join(HEAD_NAMES)}"
     )
@@ -228,6 +247,7 @@ def validate(config: Config) -> None:
         f"unknown training.optimizer {t.optimizer!r}; valid: {', '.join(OPTIMIZERS)}",
     )
     require(t.early_stopping_patience >= 0, "training.early_stopping_patience must be >= 0")
+    require(t.shuffle_buffer >= 1, f"training.shuffle_buffer must be >= 1, got {t.shuffle_buffer}")
     require(len(e.ks) > 0 and all(k >= 1 for k in e.ks), f"evaluation.ks must be >= 1, got {e.ks}")
     require(len(set(e.ks)) == len(e.ks), f"evaluation.ks has a repeated value: {e.ks}")
     require(e.monitor_k >= 1, f"evaluation.monitor_k must be >= 1, got {e.monitor_k}")
@@ -252,6 +272,30 @@ def validate_catalog(config: Config, num_items: int) -> None:
             f"evaluation.ks {too_large} not below the catalog size ({num_items} items): "
             "every item would be in the top K"
         )
+
+
+def _validate_streaming(d: DataConfig, require) -> None:
+    """The keys of streaming sources, vocabularies and per-row splits."""
+    require(d.interleave_files >= 1, f"data.interleave_files must be >= 1, got {d.interleave_files}")
+    require(d.min_count >= 1, f"data.min_count must be >= 1, got {d.min_count}")
+    for key in ("max_users", "max_items"):
+        require(getattr(d, key) >= 0, f"data.{key} must be >= 0 (0: no limit), got {getattr(d, key)}")
+    if d.split in STREAMING_SPLITS:
+        require(
+            d.test_fraction + d.validation_fraction < 1,
+            f"data.test_fraction + data.validation_fraction must be < 1 for split {d.split!r}",
+        )
+    cutoffs = d.test_start is not None or d.validation_start is not None
+    require(not cutoffs or d.split == "time", "data.test_start and data.validation_start need "
+            "data.split = 'time'")
+    require(
+        d.validation_start is None or d.test_start is not None,
+        "data.validation_start needs data.test_start",
+    )
+    require(
+        d.validation_start is None or d.test_start is None or d.validation_start <= d.test_start,
+        f"data.validation_start ({d.validation_start}) must be <= data.test_start ({d.test_start})",
+    )
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:

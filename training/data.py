@@ -2,7 +2,11 @@
 
 Sources: ``synthetic`` (the clustered simulation of
 Steck, Ekanadham & Kallus 2024, Section 4), ``file`` (CSV, TSV or Parquet with a
-column mapping) and ``movielens-100k`` (training.movielens).
+column mapping; a directory, a glob or TFRecord through ``training.sources``) and
+``movielens-100k`` (training.movielens). ``data.user_vocabulary``,
+``item_vocabulary``, ``min_count``, ``max_users`` and ``max_items`` set the model's
+vocabularies (``LoadedData.users``/``items``); by default they are all ids.
+Streaming sources (no rows in memory) are ``training.streaming``.
 """
 
 from __future__ import annotations
@@ -181,7 +185,7 @@ def read_interactions_file(
 def load_data(config) -> LoadedData:
     """Loads the data a ``DataConfig`` names."""
     if config.source == "synthetic":
-        return generate_synthetic(
+        data = generate_synthetic(
             num_users=config.num_users,
             num_items=config.num_items,
             num_clusters=config.num_clusters,
@@ -189,12 +193,40 @@ def load_data(config) -> LoadedData:
             min_items_per_user=config.min_items_per_user,
             max_items_per_user=config.max_items_per_user,
         )
+        return _with_vocabulary(data, config)
     if config.source == "file":
-        return read_interactions_file(config.path, config.format, config.columns)
+        return _with_vocabulary(_read_file_source(config), config)
     if config.source == "movielens-100k":
         from training.movielens import load_movielens_100k
 
-        return load_movielens_100k(path=config.path or None)
+        return _with_vocabulary(load_movielens_100k(path=config.path or None), config)
     raise InputError(
         f"unknown data.source {config.source!r}; valid: synthetic, file, movielens-100k"
     )
+
+
+def _read_file_source(config) -> LoadedData:
+    """One CSV/TSV/Parquet file through pandas; shards (a directory, a glob, TFRecord)
+    through the streaming reader (``training.sources``), gathered in memory."""
+    from training.shard_files import is_sharded
+
+    if not is_sharded(config.path, config.format):
+        return read_interactions_file(config.path, config.format, config.columns)
+    from training.sources import open_shards, read_interactions
+
+    shards = open_shards(config.path, config.format, config.columns)
+    interactions, dropped = read_interactions(shards)
+    note = f", {dropped} rows without ids dropped" if dropped else ""
+    return from_interactions(
+        interactions, f"files {shards.describe()} ({len(interactions)} interactions{note})"
+    )
+
+
+def _with_vocabulary(data: LoadedData, config) -> LoadedData:
+    """Vocabulary files, ``min_count`` and maximum sizes (no change by default)."""
+    if not (config.user_vocabulary or config.item_vocabulary or config.min_count > 1
+            or config.max_users or config.max_items):
+        return data
+    from training.vocabulary import apply_vocabulary
+
+    return apply_vocabulary(data, config)
