@@ -45,11 +45,19 @@ class ScoringHead(tf.keras.layers.Layer):
       temperature: positive float; scores are ``similarity / temperature``.
       learn_temperature: learn the temperature, parameterised as ``exp(log_t)`` so it
         stays positive, clamped to [1e-3, 1e3]; ``temperature`` is the initial value.
+      min_temperature: optional floor of a learned temperature (the clamp's lower end),
+        so the learned logit range ``1/T`` cannot grow past ``1/min_temperature``.
     """
 
     kind: str = ""
 
-    def __init__(self, temperature: float = 1.0, learn_temperature: bool = False, **kwargs):
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        min_temperature: float | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not (
             isinstance(temperature, (int, float))
@@ -59,8 +67,17 @@ class ScoringHead(tf.keras.layers.Layer):
                 f"temperature must be a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
                 f"got {temperature!r}"
             )
+        if min_temperature is not None and not (
+            isinstance(min_temperature, (int, float))
+            and MIN_TEMPERATURE <= min_temperature <= temperature
+        ):
+            raise ValueError(
+                f"min_temperature must be a number in [{MIN_TEMPERATURE:g}, temperature], "
+                f"got {min_temperature!r}"
+            )
         self.initial_temperature = float(temperature)
         self.learn_temperature = bool(learn_temperature)
+        self.min_temperature = None if min_temperature is None else float(min_temperature)
 
     def build(self, input_shape=None):
         self.log_temperature = self.add_weight(
@@ -77,10 +94,9 @@ class ScoringHead(tf.keras.layers.Layer):
         """The current temperature, a positive float32 scalar."""
         if not self.built:
             self.build()
+        floor = MIN_TEMPERATURE if self.min_temperature is None else self.min_temperature
         return tf.exp(
-            tf.clip_by_value(
-                self.log_temperature, math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
-            )
+            tf.clip_by_value(self.log_temperature, math.log(floor), math.log(MAX_TEMPERATURE))
         )
 
     def normalize(self, x: tf.Tensor) -> tf.Tensor:
@@ -116,6 +132,8 @@ class ScoringHead(tf.keras.layers.Layer):
         config.update(
             temperature=self.initial_temperature, learn_temperature=self.learn_temperature
         )
+        if self.min_temperature is not None:
+            config.update(min_temperature=self.min_temperature)
         return config
 
 
@@ -140,8 +158,18 @@ class CosineHead(ScoringHead):
 HEADS: dict[str, type[ScoringHead]] = {"dot": DotHead, "cosine": CosineHead}
 
 
-def make_head(kind: str, temperature: float = 1.0, learn_temperature: bool = False) -> ScoringHead:
+def make_head(
+    kind: str,
+    temperature: float = 1.0,
+    learn_temperature: bool = False,
+    min_temperature: float | None = None,
+) -> ScoringHead:
     """Builds the head named ``kind`` (one of ``HEADS``)."""
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; valid heads: {', '.join(sorted(HEADS))}")
-    return HEADS[kind](temperature=temperature, learn_temperature=learn_temperature, name=f"{kind}_head")
+    return HEADS[kind](
+        temperature=temperature,
+        learn_temperature=learn_temperature,
+        min_temperature=min_temperature,
+        name=f"{kind}_head",
+    )

@@ -9,8 +9,21 @@ from tfrs_cosine import _keras  # noqa: F401  (binds Keras 2, which TFRS checks 
 # isort: split
 import tensorflow_recommenders as tfrs
 
-from tfrs_cosine.heads import ScoringHead
+from tfrs_cosine.heads import ScoringHead, l2_normalize
 from tfrs_cosine.towers import FeatureTower, IdTower, tower_inputs
+
+
+def uniformity(x: tf.Tensor, t: float = 2.0) -> tf.Tensor:
+    """Wang & Isola (2020)'s uniformity of ``x (b, d)`` on the unit sphere, a scalar:
+    ``log mean_{i != j} exp(-t |x_i - x_j|^2)`` of the L2-normalized rows. Lower is more
+    uniform; it is near 0 when every vector points the same way (a cone). ``O(b^2 d)``."""
+    z = l2_normalize(x)
+    squared = tf.maximum(2.0 - 2.0 * tf.linalg.matmul(z, z, transpose_b=True), 0.0)
+    b = tf.shape(z)[0]
+    off_diagonal = tf.logical_not(tf.eye(b, dtype=tf.bool))
+    values = tf.boolean_mask(-t * squared, off_diagonal)
+    count = tf.cast(b * (b - 1), tf.float32)
+    return tf.reduce_logsumexp(values) - tf.math.log(count)
 
 
 class TwoTowerModel(tfrs.Model):
@@ -36,6 +49,10 @@ class TwoTowerModel(tfrs.Model):
       logq_correction: subtract ``log(item_probability)`` from each candidate's logit
         (sampled-softmax correction for popularity-biased in-batch negatives).
       num_hard_negatives: keep only the hardest N in-batch negatives per row (None: all).
+      uniformity_weight: add this times the mean ``uniformity`` of the batch's user and
+        item embeddings, per example (times the batch size, as the retrieval loss is a
+        sum over the batch), to the loss (Wang & Isola 2020): it spreads the embeddings
+        over the sphere the cosine head compares them on; 0 (default) adds nothing.
     """
 
     def __init__(
@@ -46,6 +63,7 @@ class TwoTowerModel(tfrs.Model):
         remove_accidental_hits: bool = False,
         logq_correction: bool = False,
         num_hard_negatives: int | None = None,
+        uniformity_weight: float = 0.0,
     ):
         super().__init__()
         if user_tower.output_dim != item_tower.output_dim:
@@ -60,6 +78,9 @@ class TwoTowerModel(tfrs.Model):
         self.remove_accidental_hits = remove_accidental_hits
         self.logq_correction = logq_correction
         self.num_hard_negatives = num_hard_negatives
+        if uniformity_weight < 0:
+            raise ValueError(f"uniformity_weight must be >= 0, got {uniformity_weight}")
+        self.uniformity_weight = float(uniformity_weight)
         self.task = tfrs.tasks.Retrieval(
             metrics=None,
             batch_metrics=None,
@@ -70,12 +91,12 @@ class TwoTowerModel(tfrs.Model):
         # dtype argument, and would otherwise autocast the query side to float16.
         self.task._set_dtype_policy("float32")
 
-    def call(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    def call(self, features: dict[str, tf.Tensor], training=None) -> tuple[tf.Tensor, tf.Tensor]:
         """Tower outputs ``(b, d)``: of ``features['user_id']`` and ``features['item_id']``,
         or of the features a ``FeatureTower`` reads."""
         return (
-            self.user_tower(tower_inputs(self.user_tower, features, "user_id")),
-            self.item_tower(tower_inputs(self.item_tower, features, "item_id")),
+            self.user_tower(tower_inputs(self.user_tower, features, "user_id"), training=training),
+            self.item_tower(tower_inputs(self.item_tower, features, "item_id"), training=training),
         )
 
     def score(self, user_ids: tf.Tensor | dict, item_ids: tf.Tensor | dict) -> tf.Tensor:
@@ -84,7 +105,7 @@ class TwoTowerModel(tfrs.Model):
         return self.head(self.user_tower(user_ids), self.item_tower(item_ids))
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        users, items = self(features)
+        users, items = self(features, training=training)
         kwargs = {}
         if "weight" in features:
             kwargs["sample_weight"] = features["weight"]
@@ -92,10 +113,15 @@ class TwoTowerModel(tfrs.Model):
             kwargs["candidate_sampling_probability"] = features["item_probability"]
         if self.remove_accidental_hits:
             kwargs["candidate_ids"] = features["item_id"]
-        return self.task(
+        loss = self.task(
             self.head.prepare_query(users),
             self.head.prepare_candidate(items),
             compute_metrics=False,
             compute_batch_metrics=False,
             **kwargs,
         )
+        if self.uniformity_weight > 0:
+            spread = 0.5 * (uniformity(users) + uniformity(items))
+            examples = tf.cast(tf.shape(users)[0], tf.float32)
+            loss = loss + self.uniformity_weight * examples * spread
+        return loss

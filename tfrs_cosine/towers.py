@@ -1,8 +1,9 @@
 """Towers: inputs -> embedding -> optional Dense stack -> optional LayerNorm.
 
-``IdTower``: a string id -> StringLookup -> Embedding. ``FeatureTower``: a dict of raw
-features -> their encoders (``tfrs_cosine.features``), concatenated. Both end in the same
-Dense stack and LayerNorm, built by ``dense_stack`` and ``output_norm``.
+``IdTower``: a string id -> StringLookup -> Embedding (-> optional mean centering).
+``FeatureTower``: a dict of raw features -> their encoders (``tfrs_cosine.features``),
+concatenated. Both end in the same Dense stack and LayerNorm, built by ``dense_stack``
+and ``output_norm``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,59 @@ def apply_stack(
     return x if norm is None else norm(x)
 
 
+class MeanCentering(tf.keras.layers.Layer):
+    """Subtracts the mean tower output: ``(b, d) -> (b, d)``.
+
+    Training (``training=True``): subtracts the batch mean, as batch normalization does
+    (gradients flow through it), and folds it into a moving mean. Otherwise: subtracts
+    the moving mean, bias-corrected like Adam's moments so that it is the average of
+    the batches seen even after a few steps. The batch mean is over the training
+    distribution (popular items weigh more), the distribution the loss sees.
+
+    Why: a cosine head compares directions, and embeddings that share one large common
+    direction sit in a narrow cone where every pair has a high cosine (anisotropy).
+    Removing the mean before the head normalizes leaves only what tells items apart.
+    The moving mean is part of the model, so serving and explanations use it too.
+    """
+
+    def __init__(self, momentum: float = 0.99, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+
+    def build(self, input_shape):
+        on_read = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.MEAN,
+        )
+        self.moving_mean = self.add_weight(
+            name="moving_mean", shape=(int(input_shape[-1]),), initializer="zeros", **on_read
+        )
+        self.steps = self.add_weight(name="steps", shape=(), initializer="zeros", **on_read)
+        super().build(input_shape)
+
+    def mean(self) -> tf.Tensor:
+        """The bias-corrected moving mean ``(d,)`` (zeros before the first training step)."""
+        correction = 1.0 - tf.pow(self.momentum, self.steps)
+        return tf.math.divide_no_nan(self.moving_mean, correction)
+
+    def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
+        if training:
+            batch_mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=0)
+            self.moving_mean.assign(
+                self.momentum * self.moving_mean
+                + (1.0 - self.momentum) * tf.stop_gradient(batch_mean)
+            )
+            self.steps.assign_add(1.0)
+            return x - tf.cast(batch_mean, x.dtype)
+        return x - tf.cast(self.mean(), x.dtype)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"momentum": self.momentum}
+
+
 class IdTower(tf.keras.layers.Layer):
     """Maps string ids ``(b,)`` to embeddings ``(b, d)``.
 
@@ -61,6 +115,8 @@ class IdTower(tf.keras.layers.Layer):
       hidden_layers: widths of Dense layers after the embedding; ReLU between them, the
         last one linear (its output is the embedding the head sees).
       layer_norm: apply ``LayerNormalization`` to the tower output.
+      center: subtract the mean output last (``MeanCentering``), so a cosine head sees
+        centred embeddings.
     """
 
     def __init__(
@@ -69,6 +125,7 @@ class IdTower(tf.keras.layers.Layer):
         embedding_dim: int,
         hidden_layers: Sequence[int] = (),
         layer_norm: bool = False,
+        center: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +137,7 @@ class IdTower(tf.keras.layers.Layer):
         self.embedding_dim = int(embedding_dim)
         self.hidden_layers = [int(w) for w in hidden_layers]
         self.layer_norm = bool(layer_norm)
+        self.center = bool(center)
 
         self.lookup = tf.keras.layers.StringLookup(
             vocabulary=self.vocabulary, mask_token=None, num_oov_indices=1, name="lookup"
@@ -89,6 +147,7 @@ class IdTower(tf.keras.layers.Layer):
         )
         self.dense = dense_stack(self.hidden_layers)
         self.norm = output_norm(self.layer_norm)
+        self.centering = MeanCentering(name="centering") if self.center else None
 
     @property
     def output_dim(self) -> int:
@@ -98,8 +157,11 @@ class IdTower(tf.keras.layers.Layer):
         """Whether each id is in the vocabulary: ``(b,)`` string -> ``(b,)`` bool."""
         return tf.not_equal(self.lookup(ids), 0)
 
-    def call(self, ids: tf.Tensor) -> tf.Tensor:
-        return apply_stack(self.embedding(self.lookup(ids)), self.dense, self.norm)
+    def call(self, ids: tf.Tensor, training=None) -> tf.Tensor:
+        x = apply_stack(self.embedding(self.lookup(ids)), self.dense, self.norm)
+        if self.centering is not None:
+            x = self.centering(x, training=training)
+        return x
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -109,6 +171,8 @@ class IdTower(tf.keras.layers.Layer):
             hidden_layers=self.hidden_layers,
             layer_norm=self.layer_norm,
         )
+        if self.center:
+            config.update(center=True)
         return config
 
 

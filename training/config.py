@@ -79,6 +79,10 @@ class ModelConfig:
     remove_accidental_hits: bool = True
     logq_correction: bool = False
     num_hard_negatives: int = 0  # 0: every in-batch negative
+    # Remedies for anisotropic (cone-shaped) cosine embeddings; all off by default.
+    min_temperature: float = 0.0  # floor of a learned temperature; 0: none (1e-3)
+    center: bool = False  # subtract the towers' moving mean output before the head
+    uniformity_weight: float = 0.0  # Wang & Isola's uniformity loss term, per example
     # feature towers (training/feature_spec.py); all empty: today's id towers
     user_features: dict[str, FeatureConfig] = field(default_factory=dict)
     item_features: dict[str, FeatureConfig] = field(default_factory=dict)
@@ -231,6 +235,15 @@ def validate(config: Config) -> None:
         f"model.temperature must be a positive number, got {m.temperature}",
     )
     require(m.num_hard_negatives >= 0, "model.num_hard_negatives must be >= 0")
+    require(
+        m.min_temperature == 0 or 1e-3 <= m.min_temperature <= m.temperature,
+        "model.min_temperature must be 0 (no floor) or in [0.001, model.temperature], "
+        f"got {m.min_temperature}",
+    )
+    require(
+        m.uniformity_weight >= 0 and math.isfinite(m.uniformity_weight),
+        f"model.uniformity_weight must be a number >= 0, got {m.uniformity_weight}",
+    )
     for tower in ("user", "item"):
         layers = m.layers_for(tower)
         require(all(w >= 1 for w in layers), f"model tower layer widths must be >= 1, got {layers}")

@@ -58,6 +58,7 @@ def build_model(
             m.embedding_dim,
             hidden_layers=m.layers_for(name),
             layer_norm=m.layer_norm,
+            center=m.center,
             name=f"{name}_tower",
         )
 
@@ -73,10 +74,11 @@ def build_model(
     model = TwoTowerModel(
         user_tower=user_tower,
         item_tower=item_tower,
-        head=make_head(m.head, m.temperature, m.learn_temperature),
+        head=make_head(m.head, m.temperature, m.learn_temperature, m.min_temperature or None),
         remove_accidental_hits=m.remove_accidental_hits,
         logq_correction=m.logq_correction if logq is None else logq,
         num_hard_negatives=m.num_hard_negatives or None,
+        uniformity_weight=m.uniformity_weight,
     )
     # Build every variable now so checkpoints restore eagerly.
     example = {"user_id": tf.constant([str(users[0])]), "item_id": tf.constant([str(items[0])])}

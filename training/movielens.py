@@ -17,7 +17,9 @@ source gives the same bytes) and verified before anything is cached: 100,000 rat
 ``~/.cache/tfrs_cosine``) holds
 
 * ``ratings.tsv``: ``user_id  item_id  rating  timestamp`` (tab-separated, a header line);
-* ``items.tsv``: ``item_id  title`` (UTF-8; titles are informational and not checksummed:
+* ``items.tsv``: ``item_id  title  release_year  genres`` (UTF-8; ``genres`` are GroupLens
+  genre names joined by ``|``, in ``GENRES`` order, and are checksummed like the ratings
+  (``Expected.genres_sha256``); titles and years are informational and not checksummed:
   the GroupLens file and RecBole's copy format them slightly differently);
 * ``source.json``: where the data came from and its checksum.
 
@@ -62,7 +64,13 @@ WHEEL_ITEM = "recbole/dataset_example/ml-100k/ml-100k.item"
 DOWNLOAD_TIMEOUT = 15.0  # seconds without data before the GroupLens download gives up
 PIP_TIMEOUT = 300.0  # seconds for `pip download`
 RATINGS_HEADER = "user_id\titem_id\trating\ttimestamp\n"
-ITEMS_HEADER = "item_id\ttitle\n"
+ITEMS_HEADER = "item_id\ttitle\trelease_year\tgenres\n"
+# GroupLens u.genre order: the 19 flags of u.item, and the tokens of RecBole's `class`.
+GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)
 
 Log = Callable[[str], None]
 
@@ -75,6 +83,17 @@ class Expected:
     num_users: int
     num_items: int
     sha256: str
+    # SHA-256 of ``genre_table`` (every item's genres); None: genres are not checked.
+    genres_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """What the item file says about a movie (``year`` None when unknown)."""
+
+    title: str = ""
+    year: int | None = None
+    genres: tuple[str, ...] = ()
 
 
 # Computed once from the ratings in the recbole 1.2.1 wheel (identical to GroupLens's
@@ -84,6 +103,10 @@ MOVIELENS_100K = Expected(
     num_users=943,
     num_items=1_682,
     sha256="d3bdffbd7201de56f88e824ba53d798e196735c7f93d310fe22c6aff305ec103",
+    # genre_table of the wheel's `class` column. GroupLens's u.item flags should give
+    # the same bytes (same 19 genres, same per-genre counts: Drama 725, Comedy 505, ...);
+    # not checked against GroupLens itself, which is unreachable from this machine.
+    genres_sha256="807d2aceae088faf64bf09d71721b473db8cc2a5ca17e4db0cea4675c44303a9",
 )
 
 
@@ -124,7 +147,7 @@ def _stderr(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# parsing: every format -> (Ratings, titles)
+# parsing: every format -> (Ratings, items)
 
 
 def _parse_ratings(text: str, origin: str, header: bool) -> Ratings:
@@ -155,32 +178,55 @@ def _parse_ratings(text: str, origin: str, header: bool) -> Ratings:
     return Ratings(user[order], item[order], rating[order], timestamp[order])
 
 
-def _parse_u_item(data: bytes) -> dict[int, str]:
-    """GroupLens ``u.item``: Latin-1, ``id|title|release date|...``."""
-    titles = {}
+def _genres(tokens: list[str], origin: str) -> tuple[str, ...]:
+    unknown = sorted(set(tokens) - set(GENRES))
+    if unknown:
+        raise InputError(f"{origin}: unknown genre(s) {unknown}")
+    return tuple(g for g in GENRES if g in tokens)
+
+
+def _parse_u_item(data: bytes) -> dict[int, Item]:
+    """GroupLens ``u.item``: Latin-1, ``id|title|release date|video date|url|`` then 19
+    genre flags (``GENRES`` order); a line without all 19 flags has no genres."""
+    items = {}
     for line in data.decode("latin-1").splitlines():
         fields = line.split("|")
         if len(fields) >= 2 and fields[0].strip().isdigit():
-            titles[int(fields[0])] = fields[1].strip()
-    return titles
+            date = fields[2].strip() if len(fields) > 2 else ""
+            year = date[-4:] if date[-4:].isdigit() else ""
+            flags = fields[5:24] if len(fields) >= 24 else []
+            genres = tuple(g for g, flag in zip(GENRES, flags, strict=False) if flag.strip() == "1")
+            items[int(fields[0])] = Item(fields[1].strip(), int(year) if year else None, genres)
+    return items
 
 
-def _parse_recbole_item(data: bytes) -> dict[int, str]:
+def _parse_recbole_item(data: bytes) -> dict[int, Item]:
     """RecBole ``.item``: ``item_id  movie_title  release_year  class``; the title is
-    written as GroupLens does, ``Title (year)``."""
-    titles = {}
-    for line in data.decode("utf-8").splitlines()[1:]:
+    written as GroupLens does, ``Title (year)``; ``class`` holds the genre names."""
+    items = {}
+    for number, line in enumerate(data.decode("utf-8").splitlines()[1:], start=2):
         fields = line.split("\t")
         if len(fields) >= 3 and fields[0].strip().isdigit():
             title, year = fields[1].strip(), fields[2].strip()
-            titles[int(fields[0])] = f"{title} ({year})" if year.isdigit() else title
-    return titles
+            tokens = fields[3].split() if len(fields) > 3 else []
+            items[int(fields[0])] = Item(
+                f"{title} ({year})" if year.isdigit() else title,
+                int(year) if year.isdigit() else None,
+                _genres(tokens, f"{WHEEL_ITEM} line {number}"),
+            )
+    return items
 
 
 def read_source(path: str | Path) -> tuple[Ratings, dict[int, str]]:
     """Reads ratings and titles from a local ``u.data`` (titles from a ``u.item`` beside
     it, if any), a folder holding ``u.data``, the GroupLens ``ml-100k.zip``, or a wheel
     holding RecBole's ``ml-100k.inter`` / ``ml-100k.item``. Not verified."""
+    ratings, items = read_source_items(path)
+    return ratings, {k: v.title for k, v in items.items()}
+
+
+def read_source_items(path: str | Path) -> tuple[Ratings, dict[int, Item]]:
+    """``read_source`` with everything the item file holds (title, year, genres)."""
     path = Path(path)
     if path.is_dir():
         path = path / "u.data"
@@ -191,11 +237,11 @@ def read_source(path: str | Path) -> tuple[Ratings, dict[int, str]]:
     text = path.read_bytes().decode("latin-1")
     ratings = _parse_ratings(text, str(path), header=text.startswith("user_id"))
     u_item = path.with_name("u.item")
-    titles = _parse_u_item(u_item.read_bytes()) if u_item.is_file() else {}
-    return ratings, titles
+    items = _parse_u_item(u_item.read_bytes()) if u_item.is_file() else {}
+    return ratings, items
 
 
-def _read_zip(path: Path) -> tuple[Ratings, dict[int, str]]:
+def _read_zip(path: Path) -> tuple[Ratings, dict[int, Item]]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
@@ -206,8 +252,8 @@ def _read_zip(path: Path) -> tuple[Ratings, dict[int, str]]:
             ratings = _parse_ratings(
                 archive.read(WHEEL_INTER).decode("utf-8"), f"{path}!{WHEEL_INTER}", header=True
             )
-            titles = _parse_recbole_item(archive.read(WHEEL_ITEM)) if WHEEL_ITEM in names else {}
-            return ratings, titles
+            items = _parse_recbole_item(archive.read(WHEEL_ITEM)) if WHEEL_ITEM in names else {}
+            return ratings, items
         data = [n for n in names if n.rsplit("/", 1)[-1] == "u.data"]
         if not data:
             raise InputError(
@@ -217,8 +263,8 @@ def _read_zip(path: Path) -> tuple[Ratings, dict[int, str]]:
             archive.read(data[0]).decode("latin-1"), f"{path}!{data[0]}", header=False
         )
         item = data[0][: -len("u.data")] + "u.item"
-        titles = _parse_u_item(archive.read(item)) if item in names else {}
-        return ratings, titles
+        items = _parse_u_item(archive.read(item)) if item in names else {}
+        return ratings, items
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,6 +281,27 @@ def normalized_ratings(ratings: Ratings) -> bytes:
     ):
         out.write("\t".join(map(str, row)) + "\n")
     return out.getvalue().encode("ascii")
+
+
+def genre_table(items: dict[int, Item], catalog: np.ndarray) -> bytes:
+    """The checksummed genre content: ``item_id<TAB>genres`` (``|``-joined) per catalog
+    item, in id order."""
+    return "".join(
+        f"{item}\t{'|'.join(items.get(item, Item()).genres)}\n" for item in catalog.tolist()
+    ).encode("ascii")
+
+
+def verify_genres(items: dict[int, Item], catalog: np.ndarray, expected: Expected,
+                  origin: str) -> None:
+    """Checks the genres against ``expected.genres_sha256`` (skipped when that is None or
+    the source has no genres); ``InputError`` on a mismatch."""
+    if expected.genres_sha256 is None or not any(v.genres for v in items.values()):
+        return
+    digest = hashlib.sha256(genre_table(items, catalog)).hexdigest()
+    if digest != expected.genres_sha256:
+        raise InputError(
+            f"{origin}: SHA-256 of the item genres is {digest}, expected {expected.genres_sha256}"
+        )
 
 
 def verify(ratings: Ratings, content: bytes, expected: Expected, origin: str) -> str:
@@ -273,16 +340,21 @@ def _write_atomic(path: Path, content: bytes) -> None:
 
 
 def _store(
-    directory: Path, ratings: Ratings, titles: dict[int, str], source: str, expected: Expected,
+    directory: Path, ratings: Ratings, items: dict[int, Item], source: str, expected: Expected,
     origin: str,
 ) -> FetchResult:
     content = normalized_ratings(ratings)
     digest = verify(ratings, content, expected, origin)  # nothing is written unless verified
+    catalog = np.unique(ratings.item_id)
+    verify_genres(items, catalog, expected, origin)
     directory.mkdir(parents=True, exist_ok=True)
-    items = ITEMS_HEADER + "".join(
-        f"{item}\t{titles.get(item, '')}\n" for item in np.unique(ratings.item_id).tolist()
+    lines = ITEMS_HEADER + "".join(
+        f"{item}\t{info.title}\t{'' if info.year is None else info.year}\t"
+        f"{'|'.join(info.genres)}\n"
+        for item, info in ((k, items.get(k, Item())) for k in catalog.tolist())
     )
-    _write_atomic(directory / "items.tsv", items.encode("utf-8"))
+    _write_atomic(directory / "items.tsv", lines.encode("utf-8"))
+    titles = {k: v.title for k, v in items.items() if v.title}
     info = {"dataset": NAME, "source": source, "sha256": digest, "num_ratings": len(ratings)}
     _write_atomic(directory / "source.json", (json.dumps(info, indent=2) + "\n").encode())
     _write_atomic(directory / "ratings.tsv", content)  # last: its presence marks completeness
@@ -318,21 +390,56 @@ def read_ratings(
         verify(ratings, content, expected, str(path))
     except InputError as e:
         raise InputError(f"{e}; run `tfrs-cosine data fetch {NAME}` to replace it") from None
-    titles: dict[str, str] = {}
-    items_path = directory / "items.tsv"
-    if items_path.is_file():
-        for line in items_path.read_text(encoding="utf-8").splitlines()[1:]:
-            item, _, title = line.partition("\t")
-            if title:
-                titles[item] = title
+    titles = {k: v.title for k, v in _read_items_file(directory).items() if v.title}
     return ratings, titles
+
+
+def _read_items_file(directory: Path) -> dict[str, Item]:
+    """``items.tsv`` of the cache (also the older ``item_id  title`` form, without genres)."""
+    items: dict[str, Item] = {}
+    path = directory / "items.tsv"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+            fields = line.split("\t")
+            year = fields[2] if len(fields) > 2 else ""
+            genres = tuple(fields[3].split("|")) if len(fields) > 3 and fields[3] else ()
+            items[fields[0]] = Item(fields[1] if len(fields) > 1 else "",
+                                    int(year) if year.isdigit() else None, genres)
+    return items
+
+
+def _has_genres(directory: Path) -> bool:
+    path = directory / "items.tsv"
+    with path.open(encoding="utf-8") as f:
+        return f.readline() == ITEMS_HEADER
+
+
+def read_items(
+    cache_dir: str | Path | None = None, expected: Expected = MOVIELENS_100K
+) -> dict[str, Item]:
+    """The cached items (title, release year, genres) by item id, genres verified again.
+
+    Raises ``InputError`` when the cache is missing, holds no genres (a copy fetched
+    before genres were cached, or from a source without ``u.item``) or fails the check.
+    """
+    ratings, _ = read_ratings(cache_dir, expected)
+    directory = Path(cache_dir or default_cache_dir()) / NAME
+    items = _read_items_file(directory)
+    if not any(v.genres for v in items.values()):
+        raise InputError(
+            f"the cached MovieLens 100K in {directory} has no genres: run "
+            f"`tfrs-cosine data fetch {NAME}` (with --path, a source that has u.item)"
+        )
+    by_number = {int(k): v for k, v in items.items()}
+    verify_genres(by_number, np.unique(ratings.item_id), expected, str(directory / "items.tsv"))
+    return items
 
 
 # ----------------------------------------------------------------------------------------
 # remote sources
 
 
-def _download(url: str, directory: Path, timeout: float) -> tuple[Ratings, dict[int, str]]:
+def _download(url: str, directory: Path, timeout: float) -> tuple[Ratings, dict[int, Item]]:
     """Downloads ``url`` to a temporary file in ``directory`` (removed afterwards, also on
     failure) and reads it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -346,12 +453,12 @@ def _download(url: str, directory: Path, timeout: float) -> tuple[Ratings, dict[
             raise InputError(f"download incomplete: {received} of {promised} bytes")
         if not zipfile.is_zipfile(temp):
             raise InputError(f"{url} did not return a zip file ({received} bytes)")
-        return read_source(temp)
+        return read_source_items(temp)
     finally:
         Path(temp).unlink(missing_ok=True)
 
 
-def _recbole_wheel(requirement: str, timeout: float) -> tuple[Ratings, dict[int, str]]:
+def _recbole_wheel(requirement: str, timeout: float) -> tuple[Ratings, dict[int, Item]]:
     """``pip download --no-deps REQUIREMENT`` into a temporary folder; reads the wheel."""
     with tempfile.TemporaryDirectory(prefix="tfrs_cosine_recbole_") as folder:
         command = [
@@ -370,7 +477,7 @@ def _recbole_wheel(requirement: str, timeout: float) -> tuple[Ratings, dict[int,
         wheels = sorted(Path(folder).glob("*.whl"))
         if not wheels:
             raise InputError(f"pip download {requirement} produced no wheel")
-        return read_source(wheels[0])
+        return read_source_items(wheels[0])
 
 
 def fetch_movielens_100k(
@@ -395,39 +502,41 @@ def fetch_movielens_100k(
     directory = Path(cache_dir or default_cache_dir()) / NAME
     if path is not None:
         log(f"reading MovieLens 100K from {path}")
-        ratings, titles = read_source(path)
-        return _store(directory, ratings, titles, f"path {path}", expected, str(path))
+        ratings, items = read_source_items(path)
+        return _store(directory, ratings, items, f"path {path}", expected, str(path))
 
     if (directory / "ratings.tsv").is_file():
         try:
             ratings, titles = read_ratings(cache_dir, expected)
+            if expected.genres_sha256 is not None and not _has_genres(directory):
+                raise InputError("it was cached without genres")
             info = _source_info(directory)
             log(f"MovieLens 100K already cached in {directory} (from {info})")
             return _result(directory, ratings, expected.sha256, "cache", len(titles))
-        except InputError as e:
+        except (InputError, OSError) as e:
             log(f"cached copy is not valid ({e}); fetching it again")
 
     failures = []
     if url:
         log(f"downloading {url} (timeout {timeout:g} s)")
         try:
-            ratings, titles = _download(url, directory, timeout)
+            ratings, items = _download(url, directory, timeout)
         except (OSError, http.client.HTTPException, ValueError, InputError) as e:
             reason = _one_line(e)
             log(f"  download failed: {reason}")
             failures.append(f"download {url}: {reason}")
         else:
-            return _store(directory, ratings, titles, f"grouplens {url}", expected, url)
+            return _store(directory, ratings, items, f"grouplens {url}", expected, url)
     if recbole:
         log(f"fetching RecBole's copy: pip download --no-deps {recbole} (not installed)")
         try:
-            ratings, titles = _recbole_wheel(recbole, PIP_TIMEOUT)
+            ratings, items = _recbole_wheel(recbole, PIP_TIMEOUT)
         except InputError as e:
             log(f"  failed: {e}")
             failures.append(str(e))
         else:
             source = f"{recbole.replace('==', '-')} wheel (pip download), {WHEEL_INTER}"
-            return _store(directory, ratings, titles, source, expected, source)
+            return _store(directory, ratings, items, source, expected, source)
     raise InputError(
         "cannot fetch MovieLens 100K ("
         + ("; ".join(failures) or "no source enabled")
@@ -504,7 +613,7 @@ def register(subparsers) -> None:
         "fetch",
         help="download a dataset into the local cache and verify it",
         description=(
-            "Puts MovieLens 100K (ratings and titles) into $XDG_CACHE_HOME/tfrs_cosine "
+            "Puts MovieLens 100K (ratings, titles, years and genres) into $XDG_CACHE_HOME/tfrs_cosine "
             "(default ~/.cache/tfrs_cosine), trying --path, then the GroupLens download, then "
             "the copy inside the recbole==1.2.1 wheel (pip download, not installed). The data "
             "is for research use and is never committed (GroupLens terms)."

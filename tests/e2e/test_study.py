@@ -7,7 +7,8 @@
   scores have the singular values (sigma - lambda)_+.
 * Trained two-tower models (a ``--quick`` run): a cosine head's explanation ranking is
   its served ranking; a dot model re-scaled by D keeps its scores.
-* A ``--quick`` run writes every output with finite numbers; the CLI rejects bad sizes.
+* A ``--quick`` run writes every output with finite numbers (the grid, the picks over
+  seeds, the remedies, the genre part on its synthetic stand-in); the CLI rejects bad sizes.
 """
 
 from __future__ import annotations
@@ -195,11 +196,14 @@ def _numbers(value):
 
 
 def test_quick_run_writes_every_output_with_finite_numbers(quick):
+    from training.study.report import OUTPUTS
+
     out = quick["out"]
-    names = {"report.md", "figures.json", "item_cosine_heatmaps.png", "random_rescalings.png"}
-    assert names <= {p.name for p in out.iterdir()}
+    assert {"report.md", "figures.json", "item_cosine_heatmaps.png", "random_rescalings.png",
+            "training_curves.png", "auc_recall_front.png", "movielens_genres.png"} <= set(OUTPUTS)
+    assert set(OUTPUTS) <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
-    for png in ("item_cosine_heatmaps.png", "random_rescalings.png"):
+    for png in (name for name in OUTPUTS if name.endswith(".png")):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     def reject(constant):
@@ -211,8 +215,25 @@ def test_quick_run_writes_every_output_with_finite_numbers(quick):
     keys = {m.key for m in quick["models"]}
     assert {"eq1_I", "eq1_g^1/2", "eq1_g^-1/2", "eq1_sigma^-1/2", "eq2_paper",
             "dot", "dot_ln", "cosine", "cosine_ln"} <= keys == set(figures["models"])
+    # Every variant was explored, picked and re-run with every seed; the real-data part
+    # measured the dot and cosine models and the references.
+    two_tower = figures["two_tower"]
+    assert set(two_tower["variants"]) == {"dot", "dot_ln", "cosine", "cosine_ln"}
+    for v in two_tower["variants"].values():
+        assert [r["seed"] for r in v["seed_runs"]["chosen"]] == two_tower["seeds"]
+        assert all(r["per_epoch"] for r in v["grid"])
+    assert two_tower["remedies"] and "met" in two_tower["targets"]
+    genres = figures["genres"]
+    assert set(genres["models"]) == {"dot", "cosine"} and "ease" in genres["references"]
+    for m in genres["models"].values():
+        for run in m["runs"]:
+            assert 0.0 <= run["rescaling"]["mean_jaccard@10"] <= 1.0
+    dot_runs = genres["models"]["dot"]["runs"]
+    assert max(r["rescaling"]["max_score_change"] for r in dot_runs) < 1e-4
     report = (out / "report.md").read_text()
     assert figures["command"] in report
+    for heading in ("## What each head gives", "## The cone", "## MovieLens 100K"):
+        assert heading in report
     for row in figures["models"].values():
         assert f"| {row['label']} |" in report
         # The re-scaling test is a property of the head, whatever the training did.

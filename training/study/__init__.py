@@ -7,20 +7,20 @@ the package is light: the study's names below load on first use.
 
 import importlib
 
-_FROM_FAITHFULNESS = (
-    "StudySettings",
-    "explanation_cosines",
-    "item_embeddings",
-    "make_settings",
-    "rescaled",
-    "run_study",
-    "served_scores",
-)
+_NAMES = {
+    "StudySettings": "training.study.faithfulness",
+    "make_settings": "training.study.faithfulness",
+    "run_study": "training.study.faithfulness",
+    "explanation_cosines": "training.study.probes",
+    "item_embeddings": "training.study.probes",
+    "rescaled": "training.study.probes",
+    "served_scores": "training.study.probes",
+}
 
-__all__ = list(_FROM_FAITHFULNESS)
+__all__ = sorted(_NAMES)
 
 
 def __getattr__(name: str):
-    if name in _FROM_FAITHFULNESS:
-        return getattr(importlib.import_module("training.study.faithfulness"), name)
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
     raise AttributeError(f"module 'training.study' has no attribute {name!r}")

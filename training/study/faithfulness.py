@@ -1,4 +1,4 @@
-"""The cosine-faithfulness study (issue 6): when does a cosine explanation mean something?
+"""The cosine-faithfulness study (issues 6, 13): when does a cosine explanation mean something?
 
 Reproduces Steck, Ekanadham & Kallus (2024), "Is Cosine-Similarity of Embeddings Really
 About Similarity?", Section 4, and puts this project's two-tower heads beside the
@@ -9,35 +9,39 @@ paper's closed-form models:
 * models: Eq. 1 (``lambda1``, rank ``dim``) under the re-scalings ``D`` of Sections
   2.2-2.3, Eq. 2 at the paper's ``lambda2`` and at ``lambda2`` tuned on validation, and
   the two-tower models dot, dot + layer norm, cosine, cosine + layer norm trained with
-  ``training.train.fit`` (learning rate / temperature from a small grid, picked on
-  validation). Every model is served as a ``TwoTowerModel`` (the linear ones with
+  ``training.train.fit``, each explored over a grid (learning rate, temperature fixed or
+  learned, remedies for cone-shaped embeddings) and picked on validation recall
+  (``training.study.tuning``: per-epoch probes, the AUC-recall front, 3 seeds). Every
+  model is served as a ``TwoTowerModel`` (the linear ones with
   ``DotHead`` and the closed-form embeddings as tower weights), so evaluation,
   explanation and re-scaling run through the same code for all of them;
 * per model: cluster recovery by item-item cosine (ROC-AUC, AP, k-means ARI), the
   arbitrariness test with random diagonal ``D`` (scores must not move for dot heads;
   how far cosines, AUC and the training objective move), held-out Recall@10 / NDCG@10
-  (``training.evaluation``), Spearman(item norm, popularity), and explanation
-  faithfulness (served ranking vs. ranking by the explanation's cosine).
+  (``training.evaluation``), Spearman(item norm, popularity), explanation
+  faithfulness (served ranking vs. ranking by the explanation's cosine), and the
+  geometry of the item embeddings (within- / cross-cluster cosine, uniformity);
+* real data (``training.study.genres``): MovieLens 100K genres as the ground truth for
+  the MovieLens benchmark's best dot and cosine settings and for EASE, and Steck's
+  random-``D`` test on those trained models (``--quick``: a synthetic stand-in).
 
-Outputs in ``--out``: ``report.md``, ``figures.json`` and the heatmaps
-``item_cosine_heatmaps.png`` (the paper's Figure 1 with every model) and
-``random_rescalings.png``. Run it with
+Outputs in ``--out`` (``training.study.report``): ``report.md``, ``figures.json``, the
+heatmaps ``item_cosine_heatmaps.png`` (the paper's Figure 1 with every model) and
+``random_rescalings.png``, ``training_curves.png`` (per-epoch AUC and validation
+recall), ``auc_recall_front.png`` and ``movielens_genres.png``. Run it with
 ``tfrs-cosine study cosine-faithfulness --out reports/cosine_faithfulness``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import json
+import functools
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,27 +49,24 @@ from typing import Any
 import numpy as np
 
 from training.errors import InputError
-from training.study import linear, metrics
+from training.study import linear, metrics, tuning
+from training.study.probes import (
+    explanation_cosines,
+    in_batch_loss,
+    item_embeddings,
+    jsonable,
+    loss_batches,
+    rescaled,
+    served_scores,
+)
 
 Log = Callable[[str], None]
 
 PAPER_SIZE = {"users": 20000, "items": 1000, "clusters": 5, "dim": 50, "seed": 0}
-QUICK_SIZE = {"users": 1500, "items": 200, "dim": 16}
-TWO_TOWER_VARIANTS = (  # (key, label, head, layer_norm)
-    ("dot", "two-tower dot", "dot", False),
-    ("dot_ln", "two-tower dot + layer norm", "dot", True),
-    ("cosine", "two-tower cosine", "cosine", False),
-    ("cosine_ln", "two-tower cosine + layer norm", "cosine", True),
-)
-# The tuning grid, per head: (learning_rate, temperature); Adam, in-batch softmax with
-# logQ correction. A pilot at the paper's size (lr 0.01, 3 epochs) peaked after one epoch.
+QUICK_SIZE = {"users": 1000, "items": 120, "dim": 16}
+# The tuning grid (training.study.tuning): Adam, in-batch softmax with logQ correction.
 # A dot head's temperature only rescales embeddings the towers can rescale themselves;
 # a cosine head's bounds its logits to [-1/T, 1/T], so it is part of the cosine grid.
-GRID = {
-    "dot": ((0.003, 1.0), (0.01, 1.0)),
-    "cosine": ((0.003, 0.05), (0.01, 0.05), (0.003, 0.1), (0.01, 0.1)),
-}
-QUICK_GRID = {"dot": ((0.01, 1.0),), "cosine": ((0.01, 0.1),)}
 SCORE_TOLERANCE = 1e-4  # float32: max |score change| / max |score| for a dot model under D
 
 
@@ -82,7 +83,8 @@ class StudySettings:
     lambda1: float = 10_000.0
     lambda2: float = 100.0
     lambda2_grid: tuple[float, ...] = (25.0, 50.0, 100.0)
-    grid: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=lambda: dict(GRID))
+    grid: tuple[tuning.Setting, ...] = field(default_factory=lambda: tuple(tuning.full_grid()))
+    seeds: tuple[int, ...] = tuning.SEEDS
     epochs: int = 4
     batch_size: int = 1024
     early_stopping_patience: int = 1
@@ -94,6 +96,8 @@ class StudySettings:
     rescaling_octaves: float = 2.0
     explain_users: int = 500
     loss_batches: int = 4
+    genres: str = "movielens"  # or "synthetic" (a stand-in without download, --quick)
+    genre_epochs: int | None = None  # None: the MovieLens benchmark's epoch counts
 
     def command(self, out: str | Path) -> str:
         parts = ["tfrs-cosine study cosine-faithfulness"]
@@ -108,6 +112,8 @@ class StudySettings:
             parts.append(f"--lambda1 {self.lambda1:g}")
         if not math.isclose(self.lambda2, 100.0 * math.sqrt(scale)):
             parts.append(f"--lambda2 {self.lambda2:g}")
+        if self.genres != ("synthetic" if self.quick else "movielens"):
+            parts.append(f"--genres {self.genres}")
         return " ".join([*parts, f"--out {out}"])
 
 
@@ -151,8 +157,9 @@ def make_settings(
                   lambda1=lambda1, lambda2=lambda2,
                   lambda2_grid=tuple(sorted({lambda2 / 4, lambda2 / 2, lambda2})))
     if quick:
-        return StudySettings(**common, grid=dict(QUICK_GRID), epochs=2, random_draws=3,
-                             explain_users=100, loss_batches=2)
+        return StudySettings(**common, grid=tuple(tuning.quick_grid()), seeds=(0, 1), epochs=2,
+                             random_draws=3, explain_users=100, loss_batches=2,
+                             genres="synthetic", genre_epochs=1)
     return StudySettings(**common)
 
 
@@ -171,15 +178,16 @@ class StudyModel:
     linear: linear.LinearModel | None = None
     objective: str = ""  # "eq1", "eq2" or "in-batch softmax"
     settings: dict[str, Any] = field(default_factory=dict)
-    tuning: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def head(self) -> str:
         return self.model.head.kind
 
 
-def _config(settings: StudySettings, learning_rate: float = 0.01, **model: Any):
-    """The ``training.config.Config`` of a study model (``model``: [model] keys)."""
+def _config(settings: StudySettings, learning_rate: float = 0.01, seed: int | None = None,
+            **model: Any):
+    """The ``training.config.Config`` of a study model (``model``: [model] keys); ``seed``
+    (default ``settings.seed``) seeds initialisation and batch order, not the data."""
     from training.config import config_from_dict
 
     return config_from_dict({
@@ -193,7 +201,7 @@ def _config(settings: StudySettings, learning_rate: float = 0.01, **model: Any):
         "model": {"embedding_dim": settings.dim, **model},
         "training": {
             "epochs": settings.epochs, "batch_size": settings.batch_size,
-            "optimizer": settings.optimizer, "seed": settings.seed,
+            "optimizer": settings.optimizer, "seed": settings.seed if seed is None else seed,
             "early_stopping_patience": settings.early_stopping_patience,
             "learning_rate": learning_rate,
         },
@@ -217,88 +225,6 @@ def serve_linear(
     return served
 
 
-def _output_variables(tower) -> list:
-    """The variables that scale an ``IdTower``'s output dimension-wise when multiplied
-    along their last axis: the layer norm's gain and offset, else the last Dense layer's
-    kernel and bias, else the embedding table."""
-    if tower.norm is not None:
-        return [tower.norm.gamma, tower.norm.beta]
-    if tower.dense:
-        return [tower.dense[-1].kernel, tower.dense[-1].bias]
-    return [tower.embedding.embeddings]
-
-
-@contextlib.contextmanager
-def rescaled(model, d: np.ndarray) -> Iterator[None]:
-    """Within the block, ``model`` is re-scaled by ``D = dMat(d)`` (Eq. 3): user tower
-    outputs ``u D``, item tower outputs ``i D^-1``. The weights are restored after."""
-    d = np.asarray(d, np.float32)
-    saved = []
-    for tower, factor in ((model.user_tower, d), (model.item_tower, 1.0 / d)):
-        for variable in _output_variables(tower):
-            saved.append((variable, variable.numpy()))
-            variable.assign(variable.numpy() * factor)
-    try:
-        yield
-    finally:
-        for variable, value in saved:
-            variable.assign(value)
-
-
-def item_embeddings(model) -> np.ndarray:
-    """The item tower's outputs for its whole vocabulary, ``(p, d)`` float64 (the ``B``
-    whose rows the item-item cosine compares)."""
-    from training.evaluation import embed
-
-    items = np.array(model.item_tower.vocabulary)
-    return embed(model.item_tower, items).numpy().astype(np.float64)
-
-
-def served_scores(model, users: np.ndarray) -> np.ndarray:
-    """The scores a retrieval index ranks by, ``(len(users), p)``:
-    ``prepare_query(u) @ prepare_candidate(items)^T`` (temperature included)."""
-    from training.evaluation import embed
-
-    head = model.head
-    items = np.array(model.item_tower.vocabulary)
-    queries = head.prepare_query(embed(model.user_tower, users))
-    candidates = head.prepare_candidate(embed(model.item_tower, items))
-    return (queries.numpy() @ candidates.numpy().T).astype(np.float64)
-
-
-def explanation_cosines(model, users: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """The ``cosine`` that ``tfrs_cosine.explain`` reports for every catalog item,
-    ``(len(users), p)``."""
-    import tensorflow as tf
-
-    from tfrs_cosine import explain
-    from training.evaluation import embed
-
-    items = np.array(model.item_tower.vocabulary)
-    item_vectors = embed(model.item_tower, items)
-    parts = []
-    for start in range(0, len(users), chunk):
-        u = embed(model.user_tower, users[start : start + chunk])
-        tiled = tf.tile(item_vectors[tf.newaxis], [tf.shape(u)[0], 1, 1])
-        parts.append(explain(u, tiled, model.head, top_m=5)["cosine"].numpy())
-    return np.concatenate(parts).astype(np.float64)
-
-
-def _loss_batches(settings: StudySettings, data, split) -> list[dict]:
-    """Fixed training batches (with the logQ feature) for the loss under re-scaling."""
-    from training.pipeline import item_probabilities, make_training_dataset
-
-    shares = item_probabilities(split.train, data.items)
-    probabilities = dict(zip(data.items.tolist(), shares.tolist(), strict=True))
-    dataset = make_training_dataset(split.train, settings.batch_size, probabilities,
-                                    seed=settings.seed + 1)
-    return list(dataset.take(settings.loss_batches))
-
-
-def _in_batch_loss(model, batches: list[dict]) -> float:
-    return float(sum(float(model.compute_loss(b).numpy()) for b in batches))
-
-
 # ----------------------------------------------------------------------------------------
 # the run
 
@@ -317,41 +243,67 @@ class _Phases:
         self.log(f"[{self.elapsed:7.1f} s] {message}")
 
 
-def _fit_two_towers(settings, data, split, phase) -> list[StudyModel]:
-    from training.train import fit
+def _fit_two_towers(settings, data, split, phase) -> tuple[list[StudyModel], dict]:
+    """Explores every variant's grid (``tuning.explore``); returns the seed-0 models of
+    the validation pick (key = variant) and, where it differs, of the highest-AUC
+    setting near the best validation recall (key = variant + ``_balanced``), with the
+    exploration record for figures.json."""
+    from training.evaluation import evaluate_model
 
-    models = []
-    for key, label, head, layer_norm in TWO_TOWER_VARIANTS:
-        best, tuning = None, []
-        for learning_rate, temperature in settings.grid[head]:
-            config = _config(settings, head=head, layer_norm=layer_norm, temperature=temperature,
-                             learning_rate=learning_rate, logq_correction=True)
-            result = fit(config, data, split, verbose=0)
-            curve = [row.get("val_recall_at_10", float("nan")) for row in result.history]
-            record = {
-                "learning_rate": learning_rate, "temperature": temperature,
-                "epochs": result.epochs, "best_epoch": result.best_epoch,
-                "validation_recall@10": max(curve), "validation_recall@10_per_epoch": curve,
-                "seconds": round(result.seconds, 1),
-            }
-            tuning.append(record)
-            phase(f"two-tower {key}: lr={learning_rate} T={temperature}: "
-                  f"{result.epochs} epochs, {result.seconds:.0f} s, "
-                  f"best validation recall@10 {max(curve):.4f}")
-            if best is None or record["validation_recall@10"] > best[0]["validation_recall@10"]:
-                best = (record, result.model)
-        record, model = best
-        models.append(StudyModel(
-            key=key, label=label, family="two-tower", model=model, objective="in-batch softmax",
-            settings={"head": head, "layer_norm": layer_norm, "dim": settings.dim,
-                      "learning_rate": record["learning_rate"],
-                      "temperature": record["temperature"], "optimizer": settings.optimizer,
-                      "batch_size": settings.batch_size, "epochs_max": settings.epochs,
-                      "logq_correction": True,
-                      "epochs_run": record["epochs"], "best_epoch": record["best_epoch"]},
-            tuning=tuning,
-        ))
-    return models
+    def test_recall(model) -> float:
+        return evaluate_model(model, split.test, data.items, [10], split.train)["recall@10"]
+
+    pairs = metrics.PairLabels(data.item_cluster)
+    results = tuning.explore(settings.grid, settings.seeds, functools.partial(_config, settings),
+                             data, split, pairs, test_recall, phase)
+    models, record = [], {"variants": {}}
+    for key, result in results.items():
+        label = tuning.VARIANTS[key][0]
+        picks = [("chosen", key, label, result.chosen)]
+        if result.balanced is not result.chosen:
+            picks.append(("balanced", f"{key}_balanced",
+                          f"{label} (highest AUC near the best recall)", result.balanced))
+        for which, model_key, model_label, trial in picks:
+            s = trial.setting
+            models.append(StudyModel(
+                key=model_key, label=model_label, family="two-tower", model=trial.model,
+                objective="in-batch softmax",
+                settings={"head": s.head, "layer_norm": s.layer_norm, "dim": settings.dim,
+                          "learning_rate": s.learning_rate, "temperature": s.temperature,
+                          "learn_temperature": s.learn_temperature,
+                          "final_temperature": trial.best["temperature"], "remedy": s.remedy,
+                          "setting": s.label, "selection": which,
+                          "optimizer": settings.optimizer, "batch_size": settings.batch_size,
+                          "epochs_max": settings.epochs, "logq_correction": True,
+                          "epochs_run": len(trial.epochs), "best_epoch": trial.best_epoch},
+            ))
+        record["variants"][key] = {
+            "label": label,
+            "grid": [t.record() for t in result.trials],
+            "chosen": result.chosen.setting.label,
+            "balanced": result.balanced.setting.label,
+            "seeds": {which: result.seed_summary(which) for which in ("chosen", "balanced")},
+            "seed_runs": {which: [t.record() for t in result.seeds[which]]
+                          for which in ("chosen", "balanced")},
+        }
+    record["remedies"] = _remedy_table(results)
+    return models, record
+
+
+def _remedy_table(results: dict) -> list[dict[str, Any]]:
+    """Each remedy's trial beside the same setting without it (seed 0)."""
+    rows = []
+    for key, result in results.items():
+        by_setting = {t.setting: t for t in result.trials}
+        for trial in result.trials:
+            base = by_setting.get(trial.setting.base()) if trial.setting.remedy else None
+            if base is None:
+                continue
+            rows.append({"variant": key, "remedy": trial.setting.remedy,
+                         "setting": trial.setting.label, "base": base.setting.label,
+                         "with": trial.best | {"best_epoch": trial.best_epoch},
+                         "without": base.best | {"best_epoch": base.best_epoch}})
+    return rows
 
 
 def run_study(settings: StudySettings, out: str | Path | None = None, log: Log = print) -> dict:
@@ -366,9 +318,19 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
     from training.data import generate_synthetic
     from training.evaluation import evaluate_model
     from training.splits import split_data
+    from training.study import genres
+    from training.study.report import write_outputs  # loaded now: the run takes long
 
     phase = _Phases(log)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    cpu_start, load_start = time.process_time(), os.getloadavg()[0]
+    # The real data first: a missing copy fails now, not after the long synthetic part.
+    if settings.genres == "movielens":
+        genre_data = genres.movielens_genres()
+    else:
+        genre_data = genres.synthetic_genres(max(settings.users // 3, 200), settings.items,
+                                             settings.clusters, settings.seed)
+    phase(f"genres data: {genre_data.description}")
     data = generate_synthetic(settings.users, settings.items, settings.clusters, settings.seed)
     split = split_data(data.interactions, _config(settings).data)
     phase(f"data: {data.description}: {len(data.interactions)} interactions; train "
@@ -409,7 +371,8 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
           + f"; lambda2 tuned on validation: {tuned:g}")
 
     # -- two-tower models ------------------------------------------------------------------
-    models += _fit_two_towers(settings, data, split, phase)
+    two_tower_models, exploration = _fit_two_towers(settings, data, split, phase)
+    models += two_tower_models
 
     # -- metrics ------------------------------------------------------------------------------
     pairs = metrics.PairLabels(data.item_cluster)
@@ -420,17 +383,17 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
                                        replace=False))
     train_counts = np.bincount(np.searchsorted(data.items, split.train.item_id),
                                minlength=len(data.items)).astype(np.float64)
-    batches = _loss_batches(settings, data, split)
+    batches = loss_batches(split.train, data.items, settings.batch_size,
+                           settings.loss_batches, settings.seed + 1)
     results: dict[str, dict[str, Any]] = {}
     for m in models:
         item_vectors = item_embeddings(m.model)
         row: dict[str, Any] = {"label": m.label, "family": m.family, "head": m.head,
                                "objective": m.objective, "settings": m.settings}
-        if m.tuning:
-            row["tuning"] = m.tuning
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # k-means on a degenerate (rank-1) embedding
             row["cluster_recovery"] = metrics.cluster_recovery(item_vectors, pairs, settings.seed)
+            row["geometry"] = metrics.geometry(item_vectors, pairs)
             row["arbitrariness"] = metrics.arbitrariness(item_vectors, pairs, diagonals,
                                                          settings.seed)
         row["arbitrariness"] |= _invariance(m, diagonals, explain_users, gram, batches, settings)
@@ -457,7 +420,7 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
         "study": "cosine-faithfulness",
         "paper": "Steck, Ekanadham & Kallus (2024), arXiv:2403.05440, Section 4",
         "command": settings.command(out if out is not None else "OUT"),
-        "settings": _jsonable(dataclasses.asdict(settings)),
+        "settings": jsonable(dataclasses.asdict(settings)),
         "started": started,
         "seconds": None,
         "versions": _versions(),
@@ -487,8 +450,26 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
                        "diagonals": diagonals.tolist()},
         "explanation_users": {"count": len(explain_users), "seed": settings.seed + 11},
         "models": results,
+        "two_tower": exploration | {
+            "near_best": tuning.NEAR_BEST, "seeds": list(settings.seeds),
+            "epochs_max": settings.epochs, "patience": settings.early_stopping_patience},
     }
+    figures["two_tower"]["targets"] = tuning.targets(exploration["variants"])
+    synthetic_seconds = phase.elapsed
+    phase(f"synthetic part done in {synthetic_seconds:.0f} s")
+
+    # -- real data: genres ----------------------------------------------------------------------
+    figures["genres"] = genres.run_genres(
+        genre_data, settings.seeds, settings.random_draws, settings.rescaling_octaves,
+        settings.seed, phase, epochs=settings.genre_epochs)
     figures["seconds"] = round(phase.elapsed, 1)
+    # Wall time depends on what else runs on the machine; CPU time (all threads) less so.
+    figures["timing"] = {"synthetic": round(synthetic_seconds, 1),
+                         "genres": round(phase.elapsed - synthetic_seconds, 1),
+                         "cpu_seconds": round(time.process_time() - cpu_start, 1),
+                         "load_average_1min": [round(load_start, 2),
+                                               round(os.getloadavg()[0], 2)],
+                         "cpus": os.cpu_count()}
     if out is not None:
         write_outputs(Path(out), figures, models, data, diagonals, phase)
     phase(f"done in {figures['seconds']:.0f} s")
@@ -511,13 +492,13 @@ def _invariance(m: StudyModel, diagonals, users, gram, batches, settings) -> dic
         lam = m.settings["lambda"]
         base_objective = objective(gram, m.linear, lam)
     else:
-        base_objective = _in_batch_loss(m.model, batches)
+        base_objective = in_batch_loss(m.model, batches)
     score_changes, objective_changes = [], []
     for d in diagonals:
         with rescaled(m.model, d):
             moved = served_scores(m.model, users)
             if m.linear is None:
-                changed = _in_batch_loss(m.model, batches)
+                changed = in_batch_loss(m.model, batches)
         if m.linear is not None:
             changed = objective(gram, m.linear.rescale(d), lam)
         score_changes.append(float(np.max(np.abs(moved - base_scores))) / scale)
@@ -531,16 +512,6 @@ def _invariance(m: StudyModel, diagonals, users, gram, batches, settings) -> dic
             "score_tolerance": SCORE_TOLERANCE}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _versions() -> dict[str, str]:
     import sklearn
     import tensorflow as tf
@@ -552,241 +523,3 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------
-# outputs
-
-TABLE_COLUMNS = (
-    # (header, getter); every value is also in figures.json
-    ("head", lambda r: r["head"]),
-    ("AUC", lambda r: f"{r['cluster_recovery']['auc']:.3f}"),
-    ("AP", lambda r: f"{r['cluster_recovery']['average_precision']:.3f}"),
-    ("ARI", lambda r: f"{r['cluster_recovery']['ari']:.3f}"),
-    ("AUC under random D", lambda r: f"{r['arbitrariness']['auc_min']:.3f}-"
-                                     f"{r['arbitrariness']['auc_max']:.3f}"),
-    ("mean abs dcos under D", lambda r: f"{r['arbitrariness']['mean_abs_cosine_change']:.3f}"),
-    ("score change under D", lambda r: f"{r['arbitrariness']['max_score_change']:.1e}"),
-    ("objective change under D", lambda r: f"{r['arbitrariness']['max_objective_change']:.1e}"),
-    ("Recall@10", lambda r: f"{r['held_out']['test']['recall@10']:.4f}"),
-    ("NDCG@10", lambda r: f"{r['held_out']['test']['ndcg@10']:.4f}"),
-    ("Spearman(norm, pop)", lambda r: f"{r['popularity']['spearman_norm_vs_train_count']:.3f}"),
-    ("explanation tau", lambda r: f"{r['explanation']['kendall_tau']:.3f}"),
-    ("top-10 overlap", lambda r: f"{r['explanation']['top_10_overlap']:.3f}"),
-)
-
-
-def heatmap_order(clusters: np.ndarray, popularity: np.ndarray) -> np.ndarray:
-    """Items sorted by cluster and, within a cluster, by descending popularity."""
-    return np.lexsort((-np.asarray(popularity), np.asarray(clusters)))
-
-
-def plot_heatmaps(path: Path, panels: list[tuple[str, np.ndarray]], order: np.ndarray,
-                  columns: int, title: str) -> None:
-    """One ``(p, p)`` matrix per panel, rows and columns in ``order``, on one shared
-    colour scale [-1, 1] (the style of the paper's Figure 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 3.3 * rows + 0.6),
-                             squeeze=False, layout="constrained")
-    image = None
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for ax, (name, matrix) in zip(axes.ravel(), panels, strict=False):
-        image = ax.imshow(matrix[np.ix_(order, order)], cmap="RdBu_r", vmin=-1.0, vmax=1.0,
-                          interpolation="antialiased")
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_on()
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(image, ax=axes, shrink=0.5, label="item-item cosine similarity")
-    fig.suptitle(title, fontsize=11)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=100, format="png")
-    plt.close(fig)
-    from PIL import Image  # matplotlib's own image dependency
-
-    buffer.seek(0)
-    # A fixed 256-colour palette (the colour map plus greys for text) keeps every shade
-    # of the colour bar and cuts the file to a fraction of its RGBA size.
-    colours = [plt.get_cmap("RdBu_r")(i / 223)[:3] for i in range(224)]
-    colours += [(g / 31,) * 3 for g in range(32)]
-    palette = Image.new("P", (1, 1))
-    palette.putpalette([round(255 * c) for rgb in colours for c in rgb])
-    with Image.open(buffer) as image:
-        image.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE).save(
-            path, format="PNG", optimize=True)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_outputs(out: Path, figures: dict, models: list[StudyModel], data, diagonals,
-                  phase: Callable[[str], None]) -> None:
-    """Writes ``figures.json``, ``report.md`` and the two heatmap PNGs into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    order = heatmap_order(data.item_cluster, data.item_popularity)
-    vectors = {m.key: item_embeddings(m.model) for m in models}
-    rows = figures["models"]
-    panels = [("ground truth (clusters)", metrics.block_matrix(data.item_cluster))]
-    panels += [(f"{m.label}\nAUC {rows[m.key]['cluster_recovery']['auc']:.3f}",
-                metrics.cosine_matrix(vectors[m.key])) for m in models]
-    size = figures["data"]["description"]
-    _atomic_write(out / "item_cosine_heatmaps.png", lambda p: plot_heatmaps(
-        p, panels, order, columns=4,
-        title=f"Item-item cosine similarity, items sorted by cluster then popularity; {size}"))
-
-    shown = [m for m in models if m.key in ("eq1_I", "dot", "dot_ln")]
-    panels = []
-    for m in shown:
-        base = vectors[m.key]
-        panels.append((f"{m.label}\nAUC {rows[m.key]['cluster_recovery']['auc']:.3f}",
-                       metrics.cosine_matrix(base)))
-        for j, d in enumerate(diagonals[:3]):
-            moved = metrics.cosine_matrix(base / d)
-            auc = metrics.PairLabels(data.item_cluster).auc(moved)
-            panels.append((f"random D #{j + 1}\nAUC {auc:.3f}", moved))
-    _atomic_write(out / "random_rescalings.png", lambda p: plot_heatmaps(
-        p, panels, order, columns=4,
-        title="Same scores, different cosines: item embeddings B D^-1 under random diagonal D"))
-
-    _atomic_write(out / "figures.json", lambda p: p.write_text(
-        json.dumps(_jsonable(figures), indent=1, allow_nan=False) + "\n"))
-    _atomic_write(out / "report.md", lambda p: p.write_text(render_report(figures)))
-    phase(f"wrote {out}/report.md, figures.json, item_cosine_heatmaps.png, random_rescalings.png")
-
-
-def _markdown_table(figures: dict) -> str:
-    headers = ["model", *(name for name, _ in TABLE_COLUMNS)]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in figures["models"].values():
-        cells = [row["label"], *(get(row) for _, get in TABLE_COLUMNS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def render_report(figures: dict) -> str:
-    """``report.md``: setup, seeds, command, one table (a row per model), notes."""
-    s, d, cf = figures["settings"], figures["data"], figures["closed_form"]
-    rows = figures["models"]
-    two_tower = {k: r for k, r in rows.items() if r["family"] == "two-tower"}
-    grid = "; ".join(f"{head} head: " + ", ".join(f"(lr {lr:g}, T {t:g})" for lr, t in points)
-                     for head, points in s["grid"].items())
-    chosen = "; ".join(f"{r['label']}: lr {r['settings']['learning_rate']:g}, "
-                       f"T {r['settings']['temperature']:g}, best epoch "
-                       f"{r['settings']['best_epoch']} of {r['settings']['epochs_run']}"
-                       for r in two_tower.values())
-    eq1 = [r for r in rows.values() if r["family"] == "Eq. 1"]
-    eq1_auc = [r["cluster_recovery"]["auc"] for r in eq1]
-    eq1_score = max(r["arbitrariness"]["max_score_change"] for r in eq1)
-    dots = [r for r in rows.values() if r["head"] == "dot"]
-    cos = [r for r in rows.values() if r["head"] == "cosine"]
-    lines = [
-        "# Cosine-faithfulness study",
-        "",
-        "Reproduces Steck, Ekanadham & Kallus (2024), *Is Cosine-Similarity of Embeddings "
-        "Really About Similarity?* (arXiv:2403.05440), Section 4, and adds this project's "
-        "two-tower heads. Generated by `training/study`; every number below is in "
-        "`figures.json`.",
-        "",
-        f"Command: `{figures['command']}`  ",
-        f"Run: {figures['started']}, {figures['seconds']:.0f} s on this machine "
-        f"({', '.join(f'{k} {v}' for k, v in figures['versions'].items())}).",
-        "",
-        "## Setup",
-        "",
-        f"- Data: `training.data.generate_synthetic` ({d['description']}): "
-        f"{d['interactions']} interactions, {d['mean_items_per_user']:.1f} items per user; "
-        f"cluster sizes {d['cluster_sizes']}. Random split (split seed {s['split_seed']}): "
-        f"train {d['train']}, validation {d['validation']}, test {d['test']}.",
-        f"- Closed-form models fitted on the training matrix X (rank {s['dim']}); {cf['sigma_convention']}. "
-        f"Eq. 1 with lambda = {s['lambda1']:g} under D = I, dMat(g)^1/2, dMat(g)^-1/2 and "
-        f"dMat(sigma^-1/2) (g = 1/(1 + lambda/sigma^2)); Eq. 2 with lambda = {s['lambda2']:g} "
-        f"and with lambda picked by validation Recall@10 from {list(cf['eq2_lambda_grid'])} "
-        f"(picked {cf['eq2_lambda_tuned']:g}). Non-zero dimensions of Eq. 2: "
-        + ", ".join(f"{v['nonzero_dims']} at lambda {k}" for k, v in cf["eq2_lambda_grid"].items())
-        + f". Top singular values: {', '.join(f'{v:.1f}' for v in d['singular_values'][:8])}.",
-        f"- Two-tower models (`training.train.fit`): id towers, dim {s['dim']}, "
-        f"{s['optimizer']}, batch {s['batch_size']}, at most {s['epochs']} epochs, early "
-        f"stopping on validation Recall@10 (patience {s['early_stopping_patience']}, best "
-        f"weights restored), in-batch softmax with logQ correction, accidental hits removed, "
-        f"seed {s['seed']}. Grid: {grid}. Picked: {chosen}.",
-        "- Served as `TwoTowerModel`s: the closed-form models with a dot head and X A, B as "
-        "tower tables, so evaluation, explanation and re-scaling run through the same code.",
-        f"- Metrics: AUC / AP of the item-item cosine for same- vs cross-cluster pairs; ARI "
-        f"of k-means (C = {s['clusters']}, 10 restarts, seed {s['seed']}) on normalized item "
-        f"embeddings. Random D: {figures['rescalings']['draws']} draws, "
-        f"{figures['rescalings']['distribution']}; users u D, items i D^-1 (for trained "
-        "towers: the last layer's weights re-scaled); score change = max |s_D - s| / max |s| "
-        f"over {figures['explanation_users']['count']} users x catalog (asserted < "
-        f"{SCORE_TOLERANCE:g} for dot heads); objective change = relative change of the "
-        "model's training objective (closed form, or the in-batch softmax loss on "
-        f"{s['loss_batches']} fixed training batches). Recall@10 / NDCG@10 on the test split, "
-        "training items excluded (`training.evaluation.evaluate_model`). Spearman between "
-        "item embedding norm and training count. Explanation: for "
-        f"{figures['explanation_users']['count']} users (seed "
-        f"{figures['explanation_users']['seed']}), Kendall tau-b and top-10 overlap between "
-        "the served ranking of the whole catalog (prepared query . prepared candidate) and "
-        "the ranking by the `cosine` of `tfrs_cosine.explain`.",
-        "",
-        "## Results",
-        "",
-        _markdown_table(figures),
-        "",
-        "## Observations (computed from the table)",
-        "",
-        f"- Eq. 1: the {len(eq1)} re-scalings give identical scores X A B^T (max relative "
-        f"change under D {eq1_score:.1e}, objective change "
-        f"{max(r['arbitrariness']['max_objective_change'] for r in eq1):.1e}) yet item-item "
-        f"AUCs from {min(eq1_auc):.3f} to {max(eq1_auc):.3f}.",
-        f"- Dot-scored models (closed form and two-tower): scores move at most {max(r['arbitrariness']['max_score_change'] for r in dots):.1e} "
-        "under random D while the mean item-item cosine moves by "
-        f"{min(r['arbitrariness']['mean_abs_cosine_change'] for r in dots):.3f}-"
-        f"{max(r['arbitrariness']['mean_abs_cosine_change'] for r in dots):.3f}; the "
-        "explanation's cosine ranks the catalog with Kendall tau "
-        f"{min(r['explanation']['kendall_tau'] for r in dots):.3f}-"
-        f"{max(r['explanation']['kendall_tau'] for r in dots):.3f} against the served ranking.",
-    ]
-    eq2 = {k: r for k, r in rows.items() if r["family"] == "Eq. 2"}
-    paper_eq2 = eq2.get("eq2_paper")
-    if paper_eq2 is not None:
-        text = (f"- Eq. 2 at lambda = {s['lambda2']:g}: only "
-                f"{paper_eq2['settings']['nonzero_dims']} of {s['dim']} singular values of the "
-                f"training matrix exceed lambda, so its item embeddings have that rank (AUC "
-                f"{paper_eq2['cluster_recovery']['auc']:.3f}).")
-        if "eq2_tuned" in eq2:
-            t = eq2["eq2_tuned"]
-            text += (f" At the validation-picked lambda = {t['settings']['lambda']:g} it keeps "
-                     f"{t['settings']['nonzero_dims']} dimensions: AUC "
-                     f"{t['cluster_recovery']['auc']:.3f}, Recall@10 "
-                     f"{t['held_out']['test']['recall@10']:.4f}. A re-scaling D changes its "
-                     f"objective (by {t['arbitrariness']['max_objective_change']:.1e} or more), "
-                     "so its cosines are pinned down, as Section 2.3 says.")
-        lines.append(text)
-    if cos:
-        lines.append(
-            f"- Cosine heads: the explanation ranking equals the served one (tau "
-            f"{min(r['explanation']['kendall_tau'] for r in cos):.4f}, largest inversion "
-            f"{max(r['explanation']['max_inversion'] for r in cos):.1e}, float32 noise); a "
-            "re-scaling D is not a symmetry of their objective (loss change "
-            f"{min(r['arbitrariness']['max_objective_change'] for r in cos):.1e} or more).")
-    lines += [
-        "",
-        "## Figures",
-        "",
-        "![item-item cosine heatmaps](item_cosine_heatmaps.png)",
-        "",
-        "![random re-scalings](random_rescalings.png)",
-        "",
-    ]
-    return "\n".join(lines)

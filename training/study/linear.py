@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training import baselines
 from training.schema import Interactions
 
 
@@ -64,16 +65,9 @@ class LinearModel:
 
 
 def interaction_matrix(interactions: Interactions, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Binary ``(len(users), len(items))`` float64 matrix; repeated pairs count once and
-    interactions with an unknown user or item are ignored."""
-    x = np.zeros((len(users), len(items)))
-    rows = np.searchsorted(users, interactions.user_id)
-    columns = np.searchsorted(items, interactions.item_id)
-    rows = np.minimum(rows, len(users) - 1)
-    columns = np.minimum(columns, len(items) - 1)
-    known = (users[rows] == interactions.user_id) & (items[columns] == interactions.item_id)
-    x[rows[known], columns[known]] = 1.0
-    return x
+    """Binary ``(len(users), len(items))`` float64 matrix, dense (``training.baselines``'s
+    sparse one): repeated pairs count once, unknown users or items are ignored."""
+    return baselines.interaction_matrix(interactions, users, items).toarray()
 
 
 def truncated_svd(x: np.ndarray, k: int) -> SVD:

@@ -1,8 +1,11 @@
 """Metrics of the cosine-faithfulness study (numpy, scipy, scikit-learn).
 
 * cluster recovery from item-item cosine similarity: ROC-AUC and average precision of
-  same-cluster versus cross-cluster pairs, adjusted Rand index of k-means on the
+  same-cluster versus cross-cluster pairs (or, for multi-label ground truth such as
+  genres, pairs sharing a label versus not), adjusted Rand index of k-means on the
   normalized item embeddings;
+* anisotropy: mean within- and cross-cluster cosine, and the uniformity of Wang &
+  Isola (2020) (a narrow cone has high cosines everywhere and uniformity near 0);
 * the arbitrariness test: how item-item cosines and the AUC move when the embeddings
   are re-scaled by random diagonal matrices ``D`` (users ``U D``, items ``B D^-1``);
 * popularity: Spearman correlation between item embedding norm and item popularity;
@@ -39,12 +42,29 @@ def block_matrix(clusters: np.ndarray) -> np.ndarray:
 
 
 class PairLabels:
-    """Same-cluster labels of the ``p (p - 1) / 2`` unordered item pairs (upper triangle)."""
+    """Same-cluster labels of the ``p (p - 1) / 2`` unordered item pairs (upper triangle).
 
-    def __init__(self, clusters: np.ndarray):
-        self.clusters = np.asarray(clusters)
-        self.rows, self.columns = np.triu_indices(len(self.clusters), k=1)
-        self.same = self.clusters[self.rows] == self.clusters[self.columns]
+    ``PairLabels(clusters)`` for one cluster per item; ``PairLabels.sharing(labels)`` for
+    a multi-hot ``(p, g)`` label matrix (a pair is positive when it shares a label;
+    ``clusters`` is then None).
+    """
+
+    def __init__(self, clusters: np.ndarray | None, same: np.ndarray | None = None):
+        if same is None:
+            self.clusters = np.asarray(clusters)
+            self.rows, self.columns = np.triu_indices(len(self.clusters), k=1)
+            self.same = self.clusters[self.rows] == self.clusters[self.columns]
+        else:
+            self.clusters = None
+            self.rows, self.columns = np.triu_indices(len(same), k=1)
+            self.same = np.asarray(same, dtype=bool)[self.rows, self.columns]
+
+    @classmethod
+    def sharing(cls, labels: np.ndarray) -> PairLabels:
+        """Pairs labelled by whether they share at least one label of the multi-hot
+        ``(p, g)`` matrix ``labels``. ``O(p^2 g)`` time, ``O(p^2)`` memory."""
+        multi_hot = np.asarray(labels, dtype=np.float64)
+        return cls(None, same=(multi_hot @ multi_hot.T) > 0)
 
     def values(self, matrix: np.ndarray) -> np.ndarray:
         """The upper-triangle entries of a ``(p, p)`` matrix, ``(pairs,)``."""
@@ -56,6 +76,34 @@ class PairLabels:
 
     def average_precision(self, cosines: np.ndarray) -> float:
         return float(average_precision_score(self.same, self.values(cosines)))
+
+
+def anisotropy(embeddings: np.ndarray, pairs: PairLabels) -> dict[str, float]:
+    """Mean item-item cosine over positive (same-cluster) pairs, ``within``, over the
+    other pairs, ``cross``, and over all pairs, ``mean``; ``embeddings`` is ``(p, d)``."""
+    values = pairs.values(cosine_matrix(embeddings))
+    return {
+        "within": float(values[pairs.same].mean()),
+        "cross": float(values[~pairs.same].mean()),
+        "mean": float(values.mean()),
+    }
+
+
+def uniformity(embeddings: np.ndarray, t: float = 2.0) -> float:
+    """Wang & Isola (2020): ``log mean_{i<j} exp(-t |z_i - z_j|^2)`` over the unit-norm rows
+    ``z`` of ``(p, d)`` embeddings. From 0 (every vector equal) down to about ``-2 t``
+    for vectors spread evenly over a high-dimensional sphere. ``O(p^2 d)`` time, ``O(p^2)`` memory."""
+    z = normalize_rows(embeddings)
+    # |z_i - z_j|^2 = 2 - 2 cos for unit rows (a zero row counts as cosine 0).
+    cosines = (z @ z.T)[np.triu_indices(len(z), k=1)]
+    exponent = -t * np.maximum(2.0 - 2.0 * cosines, 0.0)
+    peak = exponent.max()
+    return float(peak + np.log(np.mean(np.exp(exponent - peak))))
+
+
+def geometry(embeddings: np.ndarray, pairs: PairLabels) -> dict[str, float]:
+    """``anisotropy`` and ``uniformity`` of item embeddings ``(p, d)``."""
+    return anisotropy(embeddings, pairs) | {"uniformity": uniformity(embeddings)}
 
 
 def kmeans_ari(embeddings: np.ndarray, clusters: np.ndarray, seed: int) -> float:
