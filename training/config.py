@@ -20,7 +20,7 @@ from training.errors import InputError
 
 HEAD_NAMES = ("cosine", "dot")  # mirrors tfrs_cosine.HEADS without importing TensorFlow
 SPLITS = ("random", "leave-last-out")
-OPTIMIZERS = ("adagrad", "adam", "sgd")
+OPTIMIZERS = ("adagrad", "adam", "lazy_adam", "sgd")
 FILE_FORMATS = ("", "csv", "tsv", "parquet")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfrs_cosine import IdTower, TwoTowerModel, make_head
-from training import rundir
+from training import optimizers, rundir
 from training.config import Config
 from training.errors import InputError
 
@@ -62,12 +62,8 @@ def build_model(
 
 
 def make_optimizer(config: Config) -> tf.keras.optimizers.Optimizer:
-    t = config.training
-    if t.optimizer == "adagrad":
-        return tf.keras.optimizers.Adagrad(t.learning_rate)
-    if t.optimizer == "adam":
-        return tf.keras.optimizers.Adam(t.learning_rate)
-    return tf.keras.optimizers.SGD(t.learning_rate)
+    """``training.optimizer`` at ``training.learning_rate`` (``training.optimizers``)."""
+    return optimizers.make_optimizer(config.training.optimizer, config.training.learning_rate)
 
 
 def versions() -> dict[str, str]:
