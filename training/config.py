@@ -81,6 +81,9 @@ class EvaluationConfig:
     monitor_k: int = 10  # early stopping watches validation recall@monitor_k
     exclude_seen: bool = True  # drop items the user had in training from the ranking
     chunk_size: int = 1024  # users scored per matmul
+    # Per-epoch monitoring (early stopping) scores a seeded sample of this many
+    # validation users, fixed for the run; 0 = all. The final evaluation uses every user.
+    validation_users: int = 10_000
 
 
 @dataclass
@@ -204,6 +207,10 @@ def validate(config: Config) -> None:
     require(len(e.ks) > 0 and all(k >= 1 for k in e.ks), f"evaluation.ks must be >= 1, got {e.ks}")
     require(e.monitor_k >= 1, f"evaluation.monitor_k must be >= 1, got {e.monitor_k}")
     require(e.chunk_size >= 1, f"evaluation.chunk_size must be >= 1, got {e.chunk_size}")
+    require(
+        e.validation_users >= 0,
+        f"evaluation.validation_users must be >= 0 (0: all), got {e.validation_users}",
+    )
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:

@@ -37,10 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from training.config import EvaluationConfig
 from training.indexing import RowColumns, catalog_index
 from training.schema import Interactions
-
-VALIDATION_USERS = 10_000  # default per-epoch monitoring sample (evaluation.validation_users)
 
 
 def exact_top_k(
@@ -285,7 +284,7 @@ class ValidationRecall(tf.keras.callbacks.Callback):
     """
 
     def __init__(self, validation, items, ks, seen=None, chunk_size=1024,
-                 max_users=VALIDATION_USERS, seed=0):
+                 max_users=EvaluationConfig.validation_users, seed=0):
         super().__init__()
         self.ks, self.chunk_size = ks, chunk_size
         self.evaluation = evaluation_set(validation, items, seen, max_users, seed)

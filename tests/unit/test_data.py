@@ -5,7 +5,8 @@ import pytest
 from training.config import load_config
 from training.data import generate_synthetic, load_data, read_interactions_file
 from training.errors import InputError
-from training.pipeline import item_probabilities, make_training_dataset
+from training.pipeline import item_probabilities, make_training_dataset, probability_column
+from training.schema import Interactions
 from training.splits import leave_last_out, random_split, split_data
 
 
@@ -190,3 +191,20 @@ def test_fast_sampler_takes_the_whole_catalog_when_asked():
 def test_synthetic_generator_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="unknown sampling method"):
         generate_synthetic(10, 5, 2, method="magic")
+
+
+def test_frequency_arrays_equal_the_dict_versions():
+    rng = np.random.default_rng(9)
+    items = rng.permutation(np.array([f"m{k}" for k in range(50)]))  # catalog, unsorted
+    train = Interactions(np.array(["u"] * 2000),
+                         np.array([f"m{k}" for k in rng.integers(0, 60, 2000)]))  # 10 unknown
+    index = {item: k for k, item in enumerate(items.tolist())}
+    counts = np.bincount([index[i] for i in train.item_id.tolist() if i in index],
+                         minlength=50).astype(np.float64)
+    counts = np.where(counts > 0, counts, 0.5)
+    shares = item_probabilities(train, items)
+    np.testing.assert_array_equal(shares, (counts / counts.sum()).astype(np.float32))
+    table = dict(zip(items.tolist(), shares.tolist(), strict=True))
+    smallest = min(table.values())
+    want = np.array([table.get(i, smallest) for i in train.item_id.tolist()], dtype=np.float32)
+    np.testing.assert_array_equal(probability_column(table, train.item_id), want)

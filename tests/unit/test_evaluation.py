@@ -293,3 +293,13 @@ def test_validation_callback_logs_the_sample_every_epoch():
     want = evaluate_model(towers, Interactions(test.user_id[kept], test.item_id[kept]),
                           items, [10], seen)
     assert logs == {"val_recall_at_10": want["recall@10"], "val_ndcg_at_10": want["ndcg@10"]}
+
+
+def test_validation_users_is_a_validated_config_key():
+    from training.config import load_config
+    from training.errors import InputError
+
+    assert load_config(None).evaluation.validation_users == 10_000
+    assert load_config(None, ["evaluation.validation_users=0"]).evaluation.validation_users == 0
+    with pytest.raises(InputError, match="evaluation.validation_users must be >= 0"):
+        load_config(None, ["evaluation.validation_users=-1"])
