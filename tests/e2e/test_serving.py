@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
 
 import grpc
@@ -471,8 +472,16 @@ def test_classify_regress_and_size_caps(server):
     assert status == 400 and answer["error"] == "Expected one or two output Tensors, found 3"
     big = predict_request("recsys", RECOMMEND, ["x" * 1000] * 2000)  # ~2 MB
     assert rpc_error(server.predict_stub.Predict, big).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    status, answer = http("POST", f"{server.rest}/v1/models/recsys:predict", {"instances": ["x" * 1000] * 2000})
-    assert status == 413 and "Request Entity Too Large" in answer["error"]
+    # The server refuses on the Content-Length header: the client sends the headers and
+    # reads the answer (writing 2 MB to a socket the server has closed would race it).
+    conn = HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    conn.putrequest("POST", "/v1/models/recsys:predict")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(2_000_000))
+    conn.endheaders()
+    answer = conn.getresponse()
+    assert answer.status == 413 and "Request Entity Too Large" in json.loads(answer.read())["error"]
+    conn.close()
     assert http("GET", f"{server.rest}/v1/models/recsys")[0] == 200
     # the access log has one line per request: model, signature, version, status, ms
     log = server.log()
