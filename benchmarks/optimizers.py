@@ -6,15 +6,16 @@ LazyAdam (``training.optimizers``) and Adagrad in the same run.
 * **synthetic**: ``training/configs/synthetic.toml`` as shipped (or ``--set`` overrides,
   e.g. the paper's size), trained by ``training.train.fit`` with its early stopping on
   validation. Each optimizer's learning rate is picked from a small grid
-  (``LEARNING_RATES``) by the best validation recall@10 of seed 0; the pick is then
-  trained with every seed and tested once.
+  (``LEARNING_RATES``) by the best validation recall@10 of seed 0 (``--no-tune``: the
+  grid's first, usual value); the pick is then trained with every seed and tested once.
 * **MovieLens 100K**: the rows of ``BENCHMARKS.md``'s MovieLens table that use Adam (3e
   and 3g of protocols A and B). Adam: retrained with the settings and epoch counts
   chosen there (``benchmarks.movielens.run_project``, same splits and seeds), which
   reproduces the table and checks the setup. LazyAdam: the same settings with its
   learning rate and epoch count tuned on the protocol's validation split the way the
   table's rows were (``benchmarks.movielens.tune``: early stopping, patience 3, at most
-  40 epochs), then retrained with every seed and tested once.
+  40 epochs), then retrained with every seed and tested once (``--no-tune``: Adam's
+  settings and epochs with LazyAdam at 0.01).
 
 Lazy Adam moves a row only when it is in the batch, while dense Adam keeps moving it by
 its decaying momentum for the following steps; rows of rare ids therefore travel less
@@ -85,7 +86,8 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.4f}"
 
 
-def synthetic(overrides: list[str], optimizers: list[str], seeds: tuple[int, ...]) -> dict:
+def synthetic(overrides: list[str], optimizers: list[str], seeds: tuple[int, ...],
+              tune_learning_rate: bool = True) -> dict:
     base = load_config("training/configs/synthetic.toml", overrides)
     data, split = prepare(base, log)
     monitor = f"val_recall_at_{base.evaluation.monitor_k}"
@@ -98,14 +100,15 @@ def synthetic(overrides: list[str], optimizers: list[str], seeds: tuple[int, ...
     rows = {}
     for name in optimizers:
         trials = []
-        for learning_rate in LEARNING_RATES[name]:
+        for learning_rate in LEARNING_RATES[name] if tune_learning_rate else ():
             result = fit(config(name, learning_rate, seeds[0]), data, split)
             best = max(row[monitor] for row in result.history)
             trials.append({"learning_rate": learning_rate, "validation": best,
                            "best_epoch": result.best_epoch})
             log(f"synthetic {name} lr {learning_rate}: validation {monitor} {best:.4f} "
                 f"(best epoch {result.best_epoch})")
-        chosen = max(trials, key=lambda t: t["validation"])["learning_rate"]
+        chosen = (max(trials, key=lambda t: t["validation"])["learning_rate"] if trials
+                  else LEARNING_RATES[name][0])
         runs = []
         for seed in seeds:
             c = config(name, chosen, seed)
@@ -117,10 +120,12 @@ def synthetic(overrides: list[str], optimizers: list[str], seeds: tuple[int, ...
             log(f"synthetic {name} lr {chosen} seed {seed}: test recall@10 "
                 f"{metrics['recall@10']:.4f}, {result.epochs} epochs (best {result.best_epoch})")
         rows[name] = {"learning_rate": chosen, "trials": trials, "runs": runs}
-    return {"description": data.description, "overrides": overrides, "rows": rows}
+    return {"description": data.description, "overrides": overrides, "rows": rows,
+            "tuned": tune_learning_rate}
 
 
-def movielens(optimizers: list[str], seeds: tuple[int, ...], path: str | None) -> dict:
+def movielens(optimizers: list[str], seeds: tuple[int, ...], path: str | None,
+              tune_learning_rate: bool = True) -> dict:
     from training.movielens import load_movielens_100k
 
     data = load_movielens_100k(path=path)
@@ -131,7 +136,7 @@ def movielens(optimizers: list[str], seeds: tuple[int, ...], path: str | None) -
                 chosen = {**settings, "training.optimizer": name,
                           "training.learning_rate": LEARNING_RATES[name][0]}
                 trials = []
-                if name != "adam":  # Adam: the table's own choice
+                if name != "adam" and tune_learning_rate:  # Adam: the table's own choice
                     fixed = {k: v for k, v in chosen.items() if k != "training.epochs"}
                     log(f"MovieLens {protocol.name} row {key} {name}: tuning the learning rate")
                     best, epochs, trials = tune(
@@ -159,14 +164,16 @@ def markdown(results: dict) -> list[str]:
         s = results["synthetic"]
         lines += [f"Synthetic: {s['description']}, `training/configs/synthetic.toml`"
                   + (f" with {' '.join(s['overrides'])}" if s["overrides"] else "")
-                  + "; test split, training items excluded; learning rate picked on "
-                  "validation (seed 0).", "",
+                  + "; test split, training items excluded; "
+                  + ("learning rate picked on validation (seed 0)." if s.get("tuned", True)
+                     else "each optimizer at its usual learning rate."), "",
                   "| optimizer | learning rate (validation recall@10 per candidate) | "
                   + " | ".join(SYNTHETIC_METRICS) + " | epochs (best) | train s |",
                   "|---|---|" + "---|" * len(SYNTHETIC_METRICS) + "---|---|"]
         for name, row in s["rows"].items():
             runs = row["runs"]
-            grid = ", ".join(f"{t['learning_rate']}: {t['validation']:.4f}" for t in row["trials"])
+            grid = ", ".join(f"{t['learning_rate']}: {t['validation']:.4f}"
+                             for t in row["trials"]) or "not tuned"
             epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in runs)
             lines.append(f"| {name} | {row['learning_rate']} ({grid}) | "
                          + " | ".join(_cell([r[m] for r in runs]) for m in SYNTHETIC_METRICS)
@@ -203,19 +210,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override the synthetic config, e.g. data.num_users=20000")
+    parser.add_argument("--grid", action="append", default=[], metavar="NAME=LR,LR,...",
+                        help="replace an optimizer's learning-rate grid (first = usual value)")
+    parser.add_argument("--no-tune", dest="tune", action="store_false",
+                        help="each optimizer at its usual learning rate (the grid's first), "
+                             "MovieLens rows with the table's epochs")
     parser.add_argument("--no-synthetic", dest="synthetic", action="store_false")
     parser.add_argument("--no-movielens", dest="movielens", action="store_false")
     parser.add_argument("--path", help="a local u.data / ml-100k.zip (default: the cache)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    for text in args.grid:
+        name, _, rates = text.partition("=")
+        if name not in LEARNING_RATES or not rates:
+            parser.error(f"--grid expects NAME=LR,LR,... with NAME in {', '.join(LEARNING_RATES)}")
+        LEARNING_RATES[name] = tuple(float(r) for r in rates.split(","))
     started = time.perf_counter()
     results: dict = {}
     if args.synthetic:
-        results["synthetic"] = synthetic(args.overrides, args.optimizers, tuple(args.seeds))
+        results["synthetic"] = synthetic(args.overrides, args.optimizers, tuple(args.seeds),
+                                         args.tune)
     if args.movielens:
         movielens_optimizers = [n for n in args.optimizers if n != "adagrad"]
-        results["movielens"] = movielens(movielens_optimizers, tuple(args.seeds), args.path)
+        results["movielens"] = movielens(movielens_optimizers, tuple(args.seeds), args.path,
+                                         args.tune)
     lines = markdown(results)
     lines.append(f"Wall time {(time.perf_counter() - started) / 60:.1f} min.")
     text = "\n".join(lines)

@@ -1,6 +1,7 @@
 """Scale benchmarks (issue 10), one function per part; the CLI picks the parts.
 
-    python -m benchmarks.scale --parts a --out /tmp/scale_a.md --json /tmp/scale_a.json
+    python -m benchmarks.scale --parts a --out /tmp/scale_a.md --json /tmp/scale_a.json \
+        --plot-a docs/img/scale_optimizers.png
 
 (a) ``part_a``: steady-state training examples/s of the project's two-tower model
     against the user-table size (10k, 100k, 1M, 10M rows by default) at the same batch
@@ -118,9 +119,11 @@ def training_rate(rows: int, optimizer: str, learning_rate: float, min_seconds: 
         def __init__(self):
             super().__init__()
             self.stamps: list[float] = []
+            self.cpu: list[float] = []  # this process's CPU seconds, all threads
 
         def on_train_batch_end(self, batch, logs=None):
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
             timed = len(self.stamps) - 1 - warmup
             if timed < 3:
                 return
@@ -132,9 +135,11 @@ def training_rate(rows: int, optimizer: str, learning_rate: float, min_seconds: 
     model.fit(dataset, epochs=1, steps_per_epoch=10**6, verbose=0, callbacks=[timer])
     steps = len(timer.stamps) - 1 - warmup
     seconds = timer.stamps[-1] - timer.stamps[warmup]
+    cpu_seconds = timer.cpu[-1] - timer.cpu[warmup]
     return {
         "rows": rows, "optimizer": optimizer, "learning_rate": learning_rate,
         "steps": steps, "seconds": seconds, "ms_per_step": 1000 * seconds / steps,
+        "cpu_ms_per_step": 1000 * cpu_seconds / steps,
         "examples_per_second": BATCH_SIZE * steps / seconds, "setup_seconds": setup,
         "peak_rss_gb": peak_rss_gb(),
     }
@@ -213,8 +218,8 @@ def table_a(results: dict) -> list[str]:
     rows = sorted({r for r, _ in best})
     names = list(dict.fromkeys(name for _, name in best))
     lines = ["| user-table rows | " + " | ".join(
-        f"{n} examples/s (ms/step) | {n} vs its {rows[0]:,}-row rate" for n in names) + " |",
-        "|---:|" + "---:|---:|" * len(names)]
+        f"{n}: examples/s (wall ms/step) | {n}: vs its {rows[0]:,}-row rate" for n in names)
+        + " |", "|---:|" + "---:|---:|" * len(names)]
     for r in rows:
         cells = []
         for n in names:
@@ -227,11 +232,17 @@ def table_a(results: dict) -> list[str]:
             cells += [f"{row['examples_per_second']:,.0f} ({row['ms_per_step']:.1f})",
                       f"{ratio:.2f}x"]
         lines.append(f"| {r:,} | " + " | ".join(cells) + " |")
-    lines += ["", "| user-table rows | optimizer | timed steps | peak RSS GB | setup s |",
-              "|---:|---|---:|---:|---:|"]
-    for (r, n), row in sorted(best.items()):
+    lines += ["", "CPU time per step (all threads of the process; less sensitive to other "
+              "jobs on the machine than wall time), same cells:", "",
+              "| user-table rows | optimizer | CPU ms/step | vs its smallest-table CPU time | "
+              "timed steps | peak RSS GB | setup s |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for (r, n), row in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if "examples_per_second" in row:
-            lines.append(f"| {r:,} | {n} | {row['steps']} | {row['peak_rss_gb']:.2f} | "
+            base = best.get((rows[0], n), {})
+            ratio = (base["cpu_ms_per_step"] / row["cpu_ms_per_step"]
+                     if "cpu_ms_per_step" in base else float("nan"))
+            lines.append(f"| {r:,} | {n} | {row['cpu_ms_per_step']:.1f} | {ratio:.2f}x | "
+                         f"{row['steps']} | {row['peak_rss_gb']:.2f} | "
                          f"{row['setup_seconds']:.1f} |")
     if results["generator"]:
         lines += ["", "| generator | users x items | items per user | interactions | seconds | "
@@ -246,6 +257,42 @@ def table_a(results: dict) -> list[str]:
                 f"{row['interactions']:,} | {row['seconds']:.1f} | "
                 f"{1e6 * row['seconds'] / row['interactions']:.2f} | {row['peak_rss_gb']:.2f} |")
     return lines
+
+
+def plot_a(results: dict, path: Path) -> None:
+    """CPU ms/step and wall examples/s against user-table rows, a line per optimizer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells: dict[str, dict[int, dict]] = {}
+    for row in results["training"]:
+        if "examples_per_second" in row:
+            line = cells.setdefault(row["optimizer"], {})
+            kept = line.get(row["rows"])
+            if kept is None or row["examples_per_second"] > kept["examples_per_second"]:
+                line[row["rows"]] = row
+    fig, (cpu, wall) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, line in cells.items():
+        rows = sorted(line)
+        cpu.plot(rows, [line[r]["cpu_ms_per_step"] for r in rows], marker="o", label=name)
+        wall.plot(rows, [line[r]["examples_per_second"] for r in rows], marker="o", label=name)
+    cpu.set_ylabel("CPU ms per training step (all threads)")
+    wall.set_ylabel("training examples/s (wall, steady state)")
+    cpu.set_title("CPU time per step (robust to other jobs)")
+    wall.set_title("Wall-time rate (noisy on a shared machine)")
+    for ax in (cpu, wall):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("user-table rows")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Optimizer cost against table size (batch {BATCH_SIZE}, dim {EMBEDDING_DIM})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------
@@ -284,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="(a) stop timing a cell after this long (>= 3 steps)")
     parser.add_argument("--no-generator", dest="generator", action="store_false",
                         help="(a) skip the generator timings")
+    parser.add_argument("--plot-a", type=Path,
+                        help="(a) the plot of examples/s against table rows (PNG)")
     parser.add_argument("--out", type=Path, help="write the markdown tables here")
     parser.add_argument("--json", type=Path, help="write every raw number here")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -305,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
         log(f"part ({part})")
         results[part] = run(args, log)
         lines += [f"({part})", "", *table(results[part]), ""]
+    if args.plot_a and "a" in results:
+        plot_a(results["a"], args.plot_a)
+        log(f"(a) plot: {args.plot_a}")
     lines.append(f"Wall time {(time.perf_counter() - started) / 60:.1f} min; load average at "
                  f"the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}.")
     text = "\n".join(lines)
