@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -195,15 +196,16 @@ def wait_for_peers(
     """Blocks until every task in ``cluster.peers_to_wait_for()`` accepts a TCP
     connection; returns the seconds waited.
 
-    A multi-worker trainer listens on its own port meanwhile (connections are left
-    unaccepted and reset when it closes), so the trainers find each other before any
-    of them starts TensorFlow's server on that port. Raises ``ClusterError`` naming the
+    A multi-worker trainer also listens on its own port meanwhile, and waits until
+    each other trainer has connected to it once: only then can no one still be
+    looking for it when it closes the port for TensorFlow's server (connections are
+    reset on close, so the port is free at once). Raises ``ClusterError`` naming the
     missing tasks once ``timeout`` seconds have passed.
     """
     peers = dict(cluster.peers_to_wait_for())
     if not peers:
         return 0.0
-    listener = None
+    listener, expected = None, 0
     if cluster.kind == MULTI_WORKER:
         port = _split_address(cluster.address)[1]
         try:
@@ -211,25 +213,44 @@ def wait_for_peers(
         except OSError as e:
             raise ClusterError(f"cluster: {cluster.name()} cannot listen on port {port}: "
                                f"{e.strerror}") from None
+        listener.setblocking(False)
+        expected = len(peers)
     started = clock()
-    announced = False
+    announced, heard = False, 0
     try:
         while True:
             peers = {name: a for name, a in peers.items() if not reachable(a, _POLL_SECONDS)}
+            heard += _accept_all(listener)
             waited = clock() - started
-            if not peers:
+            if not peers and heard >= expected:
                 return waited
             if waited >= timeout:
-                missing = ", ".join(f"{name} at {a}" for name, a in peers.items())
+                missing = ", ".join(f"{name} at {a}" for name, a in peers.items()) or (
+                    f"{expected - heard} other task(s) never connected to {cluster.address}, so")
                 raise ClusterError(f"cluster: {missing} not reachable within {timeout:g} s "
                                    f"(train --peer-timeout); is every task of TF_CONFIG running?")
             if not announced:
-                log(f"cluster: waiting for {', '.join(peers)} (at most {timeout:g} s)")
+                log(f"cluster: waiting for {', '.join(peers) or 'the other tasks'} "
+                    f"(at most {timeout:g} s)")
                 announced = True
             time.sleep(_POLL_SECONDS)  # polling other hosts' ports: no event to wait on
     finally:
         if listener is not None:
             listener.close()
+
+
+def _accept_all(listener: socket.socket | None) -> int:
+    """Accepts and resets every pending connection; returns how many there were."""
+    count = 0
+    while listener is not None:
+        try:
+            connection, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return count
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+        count += 1
+    return count
 
 
 def serve_until_chief_leaves(

@@ -126,6 +126,23 @@ class Distribution:
                      f"(>= {MIN_SHARD_BYTES // 1024} KiB per shard)")
         return text
 
+    def describe_shards(self, model: tf.keras.Model) -> str | None:
+        """Under ``ParameterServerStrategy``: which ps holds each variable's shards."""
+        if self.kind != PARAMETER_SERVER:
+            return None
+        shards: dict[str, list[str]] = {}
+        for variable in model.trainable_variables:
+            base, part, _ = variable.name.rpartition("/part_")
+            if part:
+                task = re.search(r"/job:ps/replica:\d+/task:(\d+)", variable.device)
+                shards.setdefault(base.split("/", 1)[-1], []).append(
+                    f"ps {task.group(1)}" if task else variable.device)
+        if not shards:
+            return "parameter servers: no variable is large enough to shard"
+        return "parameter servers: " + "; ".join(
+            f"{name} in {len(tasks)} shards ({', '.join(sorted(tasks))})"
+            for name, tasks in shards.items())
+
     def record(self) -> dict:
         """What ``run.json`` records (a resumed run must keep ``replicas``)."""
         record = {"strategy": self.kind, "replicas": self.replicas}

@@ -198,7 +198,9 @@ def fit_input(
 
     first = stopping.epochs_done
     if log is not None and first < t.epochs and not stopping.stopped:
-        log(source.describe_pipeline(distribution))
+        shards = distribution.describe_shards(model)
+        for line in ([shards] if shards else []) + [source.describe_pipeline(distribution)]:
+            log(line)
     rows = 0
     start = time.perf_counter()
     for epoch in range(first, t.epochs):
