@@ -21,6 +21,7 @@
     metrics equal the 2-replica run's.
 
     python -m benchmarks.scale --parts bcd --data /tmp/scale_data --plot docs/img/scale_curve.png
+    python -m benchmarks.scale --parts c --c-result C.json --b-result B.json --plot P.png  # replot
 
 (b)-(d) run the real CLI in a subprocess (``python -m training.cli``), echo its lines
 with the elapsed time, and read its peak RSS twice: ``VmHWM`` of ``/proc/PID/status``
@@ -306,6 +307,15 @@ def vm_hwm_gb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds so far of a live process (``/proc/PID/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_job(argv: list[str], label: str, log: Log, timeout: float,
             stop_after_training: bool = False) -> dict:
     """``python -m training.cli ARGV`` with each output line echoed and kept with its
@@ -319,7 +329,7 @@ def run_job(argv: list[str], label: str, log: Log, timeout: float,
     watchdog = threading.Timer(timeout, process.kill)
     watchdog.start()
     lines: list[tuple[float, str]] = []
-    training_rss = training_seconds = None
+    training_rss = training_seconds = training_cpu = None
     try:
         for text in process.stdout:
             elapsed = time.perf_counter() - started
@@ -329,6 +339,7 @@ def run_job(argv: list[str], label: str, log: Log, timeout: float,
             trained = TRAINED.match(text)
             if trained and not trained.group(1) and training_seconds is None:
                 training_seconds, training_rss = elapsed, vm_hwm_gb(process.pid)
+                training_cpu = cpu_seconds(process.pid)
                 if stop_after_training:
                     process.kill()
         _, status, usage = os.wait4(process.pid, 0)
@@ -338,6 +349,7 @@ def run_job(argv: list[str], label: str, log: Log, timeout: float,
     return {"lines": lines, "wall_seconds": time.perf_counter() - started,
             "exit": process.returncode, "killed_after_training": stop_after_training,
             "training_wall_seconds": training_seconds, "training_peak_rss_gb": training_rss,
+            "training_cpu_seconds": training_cpu, "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "peak_rss_gb": usage.ru_maxrss / 2**20}
 
 
@@ -449,6 +461,24 @@ def table_b(result: dict) -> list[str]:
 
 def part_c(args: argparse.Namespace, log: Log) -> dict:
     """Examples/s and peak RSS of one epoch against interactions, both pipelines."""
+    if args.c_result:  # earlier runs of (c): only join (b) and plot
+        results = [r for r in json.loads(args.c_result.read_text())["c"]["runs"]
+                   if not r.get("from")]
+    else:
+        results = measure_c(args, log)
+    if args.b_result:
+        b = json.loads(args.b_result.read_text())["b"]
+        epoch = job_phases(b)["epochs"][0]
+        results.append({"rows": b["rows"], "pipeline": "streaming", "from": "(b)",
+                        "training_wall_seconds": b["training_wall_seconds"],
+                        "peak_rss_gb": b["training_peak_rss_gb"],
+                        "training_cpu_seconds": b.get("training_cpu_seconds"), **epoch})
+    if args.plot:
+        plot_c(results, args.plot)
+    return {"runs": results}
+
+
+def measure_c(args: argparse.Namespace, log: Log) -> list[dict]:
     results = []
     for rows in args.c_rows:
         shards = write_shards(args.data / f"c{rows}", rows, rows // 10, rows // 100, log)
@@ -466,21 +496,13 @@ def part_c(args: argparse.Namespace, log: Log) -> dict:
             phases = job_phases(job)
             row = {"rows": rows, "pipeline": name, "training_wall_seconds":
                    job["training_wall_seconds"], "peak_rss_gb": job["training_peak_rss_gb"],
-                   "phases": phases}
+                   "training_cpu_seconds": job["training_cpu_seconds"], "phases": phases}
             if phases["epochs"]:
                 row.update(phases["epochs"][0])
             else:
                 row["error"] = job["lines"][-1][1] if job["lines"] else f"exit {job['exit']}"
             results.append(row)
-    if args.b_result:
-        b = json.loads(args.b_result.read_text())["b"]
-        epoch = job_phases(b)["epochs"][0]
-        results.append({"rows": b["rows"], "pipeline": "streaming", "from": "(b)",
-                        "training_wall_seconds": b["training_wall_seconds"],
-                        "peak_rss_gb": b["training_peak_rss_gb"], **epoch})
-    if args.plot:
-        plot_c(results, args.plot)
-    return {"runs": results}
+    return results
 
 
 def plot_c(results: list[dict], path: Path) -> None:
@@ -514,15 +536,16 @@ def plot_c(results: list[dict], path: Path) -> None:
 
 def table_c(result: dict) -> list[str]:
     lines = ["| interactions | pipeline | epoch examples/s | epoch s | training wall s | "
-             "peak RSS GB (training) |", "|---:|---|---:|---:|---:|---:|"]
+             "training CPU s | peak RSS GB (training) |", "|---:|---|---:|---:|---:|---:|---:|"]
     for r in sorted(result["runs"], key=lambda r: (r["rows"], r["pipeline"])):
         if "train_seconds" not in r:
             lines.append(f"| {r['rows']:,} | {r['pipeline']} | "
-                         f"{r.get('skipped') or r.get('error')} | | | |")
+                         f"{r.get('skipped') or r.get('error')} | | | | |")
             continue
+        cpu = f"{r['training_cpu_seconds']:.0f}" if r.get("training_cpu_seconds") else "–"
         lines.append(f"| {r['rows']:,} | {r['pipeline']}{' (b)' if r.get('from') else ''} | "
                      f"{r['examples_per_second']:,} | {r['train_seconds']:.1f} | "
-                     f"{r['training_wall_seconds']:.1f} | {r['peak_rss_gb']:.2f} |")
+                     f"{r['training_wall_seconds']:.1f} | {cpu} | {r['peak_rss_gb']:.2f} |")
     return lines
 
 
@@ -542,7 +565,8 @@ def part_d(args: argparse.Namespace, log: Log) -> dict:
             argv = ((extra + ["train", "--run-dir", str(run_dir)] + config) if cluster
                     else ["train", "--run-dir", str(run_dir)] + config + extra)
             job = run_job(argv, f"(d) {name}", log, timeout=args.job_timeout)
-            row = {"wall_seconds": job["wall_seconds"], "exit": job["exit"]}
+            row = {"wall_seconds": job["wall_seconds"], "exit": job["exit"],
+                   "cpu_seconds": job["cpu_seconds"]}
             if job["exit"] == 0:
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 row.update(history=json.loads((run_dir / "history.json").read_text()),
@@ -555,14 +579,15 @@ def part_d(args: argparse.Namespace, log: Log) -> dict:
 def table_d(result: dict) -> list[str]:
     names = list(result)
     base, mirrored, workers = (result[n] for n in names)
-    lines = ["| run | command wall s | fit loop s (2 epochs) | examples/s | test recall@10 | "
-             "final-epoch loss |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| run | command wall s | CPU s, all processes | fit loop s (2 epochs) | "
+             "examples/s | test recall@10 | final-epoch loss |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name in names:
         r = result[name]
         if r["exit"] != 0:
-            lines.append(f"| {name} | failed: exit {r['exit']} | | | | |")
+            lines.append(f"| {name} | failed: exit {r['exit']} | | | | | |")
             continue
-        lines.append(f"| {name} | {r['wall_seconds']:.1f} | {r['fit_seconds']:.1f} | "
+        lines.append(f"| {name} | {r['wall_seconds']:.1f} | {r['cpu_seconds']:.0f} | "
+                     f"{r['fit_seconds']:.1f} | "
                      f"{r['examples_per_second']:,.0f} | {r['test']['recall@10']:.4f} | "
                      f"{r['history'][-1]['loss']:.4f} |")
     if all(r["exit"] == 0 for r in (base, mirrored, workers)):
@@ -626,6 +651,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="(c) the sizes at which today's in-memory pipeline runs too")
     parser.add_argument("--b-result", type=Path,
                         help="(c) a --json file holding part (b): its run joins the curve")
+    parser.add_argument("--c-result", type=Path,
+                        help="(c) a --json file holding part (c): plot it instead of measuring")
     parser.add_argument("--plot", type=Path, help="(c) write the scale curve PNG here")
     parser.add_argument("--job-timeout", type=float, default=3600.0,
                         help="(b)-(d) kill a job after this many seconds")
