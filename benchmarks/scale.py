@@ -510,11 +510,12 @@ def measure_c(args: argparse.Namespace, log: Log) -> list[dict]:
 
 def plot_c(results: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (rate, memory) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (rate, cpu, memory) = plt.subplots(1, 3, figsize=(14, 4.2))
     for name, marker in (("streaming", "o-"), ("in-memory", "s--")):
         runs = sorted((r for r in results if r["pipeline"] == name and "train_seconds" in r),
                       key=lambda r: r["rows"])
@@ -524,15 +525,21 @@ def plot_c(results: list[dict], path: Path) -> None:
         rate.plot(x, [r["train_rows"] / r["fit_loop_seconds"] for r in runs], marker,
                   label=name)
         memory.plot(x, [r["peak_rss_gb"] for r in runs], marker, label=name)
+        timed = [r for r in runs if r.get("training_cpu_seconds")]
+        cpu.plot([r["rows"] for r in timed],
+                 [r["train_rows"] / r["training_cpu_seconds"] for r in timed], marker, label=name)
     for axis, title in ((rate, "training examples/s (rows / fit-loop seconds)"),
-                        (memory, "peak RSS to the end of training (GB)")):
+                        (cpu, "training rows per CPU second (process, to end of training)"),
+                        (memory, "peak RSS to the end of training (GiB)")):
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_xlabel("interactions (users = rows/10, items = rows/100)")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
     memory.axhline(4, color="grey", linestyle=":", linewidth=1)
-    figure.suptitle("tfrs-cosine train, 1 epoch, lazy Adam, batch 1024, 2 shared CPU cores")
+    figure.suptitle("tfrs-cosine train, 1 epoch, lazy Adam, batch 1024, on 2 CPU cores shared "
+                    "with other jobs (load 10-14)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
