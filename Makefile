@@ -24,7 +24,7 @@ test: $(STAMP)
 # The in-process unit tier only (under a minute).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest -n 2 tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,10 +1,16 @@
 """The in-graph top-K search of an export: brute force (stock ops) or a serialized ScaNN index.
 
-A searcher answers ``search(queries (b, d), k) -> (rows (b, m), valid (b, m))``: catalog
-rows (int64, ``m <= k`` when fewer were found) and which of them are real. ``rescore_top_k``
-then scores the candidates exactly and orders them, so both kinds answer with the exact
-similarity of what they return. Brute force costs O(b * n * d) per call; ScaNN what its
-plan searches (``export.index``).
+A searcher answers ``search(queries (b, d), k) -> (rows (b, m), scores (b, m), valid (b, m))``:
+catalog rows (int64), its scores for them, and which of them are real. ``top_k_of`` turns
+that into the signature's answer, the exact similarity of what it returns, in order:
+
+* an ``exact`` searcher (brute force, or a ScaNN plan that scores every item in float32)
+  has already scored and ordered every item exactly, so its candidates are only cut to
+  ``k`` (after dropping an excluded row): O(b * m) gathers, no rescoring, no second top-k;
+* any other ScaNN plan is rescored exactly and ordered again (``rescore_top_k``):
+  O(b * m * d) for the rescoring and a top-k over ``m`` candidates.
+
+Brute force costs O(b * n * d) per call; ScaNN what its plan searches (``export.index``).
 """
 
 from __future__ import annotations
@@ -23,15 +29,17 @@ PADDING_SCORE = float(np.finfo(np.float32).min)  # score of a slot with no item
 class BruteForceSearcher:
     """Exact top-K with stock TensorFlow ops (MatMul + TopKV2): stock TF Serving runs it."""
 
+    exact = True  # its scores are the similarity, its order the final one
+
     def __init__(self, owner: tf.Module, name: str, vectors: np.ndarray):
         self.vectors = tf.Variable(vectors, trainable=False, name=name)
         setattr(owner, name, self.vectors)  # tracked, so the SavedModel holds it
 
-    def search(self, queries: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    def search(self, queries: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         scores = tf.linalg.matmul(queries, self.vectors, transpose_b=True)
-        _, indices = tf.math.top_k(scores, k=k)
+        top_scores, indices = tf.math.top_k(scores, k=k)
         indices = tf.cast(indices, tf.int64)
-        return indices, tf.ones_like(indices, dtype=tf.bool)
+        return indices, top_scores, tf.ones_like(indices, dtype=tf.bool)
 
 
 class ScannSearcher:
@@ -48,9 +56,11 @@ class ScannSearcher:
         self.state = prepared.searcher.serialize_to_module()
         setattr(owner, name, self.state)
         self.plan = prepared.plan
+        # Brute-force ScaNN scores every item in float32 and returns them best first.
+        self.exact = prepared.plan.exact
         self.shared_name = f"tfrs_cosine/{name}/{uuid.uuid4().hex}"
 
-    def search(self, queries: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    def search(self, queries: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         from scann.scann_ops.py import scann_ops
 
         s = self.state
@@ -62,8 +72,9 @@ class ScannSearcher:
         indices, distances = scann_ops.ScannSearcher(handle).search_batched_parallel(
             queries, **self.plan.search_parameters(k)
         )
-        # ScaNN pads with index 0 and a NaN distance when it finds fewer than k.
-        return tf.cast(indices, tf.int64), tf.math.is_finite(distances)
+        # ScaNN pads with index 0 and a NaN distance when it finds fewer than k; with
+        # "dot_product" its distances are the dot products themselves, best first.
+        return tf.cast(indices, tf.int64), distances, tf.math.is_finite(distances)
 
 
 def make_searcher(owner: tf.Module, name: str, prepared: PreparedIndex):
@@ -71,6 +82,69 @@ def make_searcher(owner: tf.Module, name: str, prepared: PreparedIndex):
     if prepared.kind == "brute-force":
         return BruteForceSearcher(owner, name, prepared.vectors)
     return ScannSearcher(owner, name, prepared)
+
+
+def top_k_of(
+    searcher: BruteForceSearcher | ScannSearcher,
+    queries: tf.Tensor,
+    k: int,
+    vectors_of: Callable[[tf.Tensor], tf.Tensor],
+    search_k: int | None = None,
+    exclude: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The best ``k`` catalog rows for ``queries (b, d)`` with their exact similarity, ordered.
+
+    Args:
+      searcher: searched for ``search_k`` (default ``k``) candidates; ``search_k`` must be
+        at least ``k``.
+      vectors_of: catalog rows ``(b, m)`` -> prepared vectors ``(b, m, d)``; used only to
+        rescore the candidates of a searcher that is not ``exact``.
+      exclude: ``(b,)`` a catalog row to drop from each row's candidates (or -1).
+
+    Returns:
+      what ``rescore_top_k`` returns.
+    """
+    indices, scores, valid = searcher.search(queries, search_k or k)
+    if searcher.exact:
+        return cut_top_k(indices, scores, valid, k, exclude)
+    return rescore_top_k(queries, indices, valid, vectors_of, k, exclude)
+
+
+def cut_top_k(
+    indices: tf.Tensor,
+    scores: tf.Tensor,
+    valid: tf.Tensor,
+    k: int,
+    exclude: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The first ``k`` of candidates already scored exactly and ordered, less ``exclude``.
+
+    Args:
+      indices, scores, valid: ``(b, m)`` candidates, best first, ``m >= k``.
+      exclude: ``(b,)`` a catalog row to drop (or -1). A row appears at most once among
+        exact candidates, so dropping it moves every later candidate up by one place.
+
+    Returns:
+      what ``rescore_top_k`` returns. Cost: O(b * m), no arithmetic on vectors.
+    """
+    # One padding column: the k-th place after a drop is the (k + 1)-th candidate.
+    indices = tf.pad(indices, [[0, 0], [0, 1]], constant_values=-1)
+    scores = tf.pad(scores, [[0, 0], [0, 1]], constant_values=PADDING_SCORE)
+    valid = tf.pad(valid, [[0, 0], [0, 1]], constant_values=False)
+    if exclude is None:
+        indices, scores, valid = indices[:, :k], scores[:, :k], valid[:, :k]
+    else:
+        dropped = valid & tf.equal(indices, exclude[:, tf.newaxis])
+        # Place j takes candidate j, or j + 1 once the dropped one is at or before j.
+        source = tf.range(k)[tf.newaxis, :] + tf.cumsum(tf.cast(dropped, tf.int32), axis=1)[:, :k]
+        indices, scores, valid = (
+            tf.gather(x, source, batch_dims=1) for x in (indices, scores, valid)
+        )
+    return (
+        tf.where(valid, indices, -1),
+        tf.where(valid, scores, tf.fill(tf.shape(scores), PADDING_SCORE)),
+        valid,
+    )
 
 
 def rescore_top_k(

@@ -10,7 +10,8 @@ being broadcast.
 
 The module holds the tower outputs (``user_vectors``, ``item_vectors``), the id lookups
 (vocabulary files as assets), the head's temperature variable and the index(es). Each
-request costs one hash lookup per id, a gather, and the index's search.
+request costs one hash lookup per id, a gather, and the index's search (plus an exact
+rescoring of its candidates when the index's plan is approximate: ``export.searchers``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tensorflow as tf
 from export import contract
 from export.index import PreparedIndexes
 from export.options import ExportOptions
-from export.searchers import make_searcher, rescore_top_k
+from export.searchers import make_searcher, top_k_of
 from export.tables import EmbeddingTables
 from tfrs_cosine import explain
 from tfrs_cosine.heads import l2_normalize
@@ -85,8 +86,7 @@ def build_module(
     def top_items(users):
         rows = user_rows(users)
         queries = head.normalize(tf.gather(module.user_vectors, rows))
-        found, valid = user_index.search(queries, k)
-        top, scores, top_valid = rescore_top_k(queries, found, valid, compared_items, k)
+        top, scores, top_valid = top_k_of(user_index, queries, k, compared_items)
         if tables.head == "cosine":
             scores = tf.where(top_valid, tf.clip_by_value(scores, -1.0, 1.0), scores)
         return {"item_ids": names(top, top_valid), "scores": scores, "known_user": rows > 0}
@@ -104,9 +104,8 @@ def build_module(
     def similar_to(items):
         rows = item_rows(items)
         queries = l2_normalize(tf.gather(module.item_vectors, rows))
-        found, valid = similar_index.search(queries, k_similar)
-        top, cosine, top_valid = rescore_top_k(
-            queries, found, valid, unit_items, k, exclude=rows - 1
+        top, cosine, top_valid = top_k_of(
+            similar_index, queries, k, unit_items, search_k=k_similar, exclude=rows - 1
         )
         cosine = tf.where(top_valid, tf.clip_by_value(cosine, -1.0, 1.0), cosine)
         return {"item_ids": names(top, top_valid), "cosine": cosine, "known_item": rows > 0}

@@ -3,7 +3,8 @@
     python -m export.verify models/NAME/3 [more export dirs] [--reference reference.npz]
         [--min-recall 0.95] [--json]
 
-This module imports TensorFlow, numpy, ``export.contract`` and ``export.scann_ops`` only:
+This module imports TensorFlow, numpy, ``export.contract``, ``export.plan`` (pure Python) and
+``export.scann_ops`` only:
 never TensorFlow Recommenders, ``tfrs_cosine`` or ``training``, and it does not need
 ``TF_USE_LEGACY_KERAS``. It checks
 
@@ -15,9 +16,10 @@ never TensorFlow Recommenders, ``tfrs_cosine`` or ``training``, and it does not 
   on the vocabulary's first ids and an unknown id: shapes, flags, ordering, ranges,
   and that ``explain`` refuses inputs whose batch sizes differ;
 * with ``--reference`` (written by ``export.reference`` from the in-memory model):
-  every signature against the expected values: top-K ids identical for the brute-force
-  index (up to ties), recall@K at least ``--min-recall`` for ScaNN, explanations and
-  embeddings equal within tolerance.
+  every signature against the expected values: top-K ids identical (up to ties) for an
+  exact index (brute force, or a ScaNN plan scoring every item exactly), recall@K at
+  least ``--min-recall`` for other ScaNN plans, explanations and embeddings equal
+  within tolerance.
 
 Prints a report (``--json``: one JSON line) and exits 0 when every check passed, 1 when
 one failed, 2 for bad input.
@@ -37,6 +39,7 @@ import numpy as np
 from export import contract
 from export.contract import EMBED_ITEMS, EMBED_USERS, EXPLAIN, SERVING_DEFAULT, SIMILAR_ITEMS
 from export.errors import ExportError
+from export.plan import IndexPlan
 
 # Packages of the training stack; a serving process may load only the light error module.
 _TRAINING_STACK = ("tensorflow_recommenders", "tf_keras", "training", "tfrs_cosine")
@@ -260,9 +263,16 @@ def _smoke(checks: _Checks, loaded, export_dir: Path, card: dict, sizes: dict[st
         checks.require(vectors.shape == (len(ids), d), f"{signature.name} shape")
 
 
+def exact_index(index_card: dict[str, Any]) -> bool:
+    """Whether the card's index scores every item exactly (its top-K is the exact one)."""
+    if index_card["type"] == "brute-force":
+        return True
+    return IndexPlan(**index_card["parameters"]).exact
+
+
 def _against_reference(checks: _Checks, loaded, reference: dict, card: dict, min_recall: float):
     report: dict[str, Any] = {}
-    exact = card["index"]["type"] == "brute-force"
+    exact = exact_index(card["index"])
     cosine_head = card["model"]["head"] == "cosine"
 
     out = _call(loaded, SERVING_DEFAULT, reference["user_ids"])

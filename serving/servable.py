@@ -8,8 +8,9 @@ Serving replays them), else one synthetic call per signature.
 
 The request path is lean: ``Signature.check`` validates numpy inputs once against the
 SignatureDef (names, rank, fixed dimensions); ``Signature.call`` turns each into one
-tensor and calls the concrete function's flat entry point once, so TensorFlow does not
-check and flatten the arguments a second time; outputs come back as numpy. TensorFlow
+tensor and runs the concrete function once through ``FlatCall`` (TensorFlow's op
+execution, without the public call's argument checks and flattening, on the
+single-threaded executor); outputs come back as numpy. TensorFlow
 errors raised inside the graph keep their status (an ``InvalidArgumentError`` answers
 INVALID_ARGUMENT / HTTP 400).
 """
@@ -53,6 +54,7 @@ class Signature:
     name: str
     signature_def: meta_graph_pb2.SignatureDef
     function: Any  # the loaded ConcreteFunction
+    flat_call: FlatCall | None  # the lean way to call it (None: the public call)
     input_names: tuple[str, ...]  # sorted: the order of the flat arguments
     input_dtypes: dict[str, int]
     input_shapes: dict[str, list[int] | None]
@@ -65,6 +67,7 @@ class Signature:
             name=name,
             signature_def=signature_def,
             function=function,
+            flat_call=FlatCall.create(function),
             input_names=tuple(sorted(inputs)),
             input_dtypes={k: v.dtype for k, v in inputs.items()},
             input_shapes={k: shape_of(v.tensor_shape) for k, v in inputs.items()},
@@ -137,9 +140,8 @@ class Signature:
             tensors = [
                 tf.constant(inputs[key], dtype=self.input_dtypes[key]) for key in self.input_names
             ]
-            flat = getattr(self.function, "_call_flat", None)
-            if flat is not None:  # TensorFlow's own entry after its argument checks
-                results = flat(tensors, self.function.captured_inputs)
+            if self.flat_call is not None:
+                results = self.flat_call(tensors)
             else:
                 results = self.function(**dict(zip(self.input_names, tensors, strict=True)))
         except tf.errors.OpError as error:
@@ -148,6 +150,83 @@ class Signature:
         except (TypeError, ValueError) as error:
             raise invalid(" ".join(str(error).split())) from None
         return {alias: value.numpy() for alias, value in results.items()}
+
+
+class FlatCall:
+    """A loaded concrete function called straight through TensorFlow's op execution.
+
+    ``ConcreteFunction.__call__``, and even its ``_call_flat``, spend more Python per call
+    than TensorFlow spends running this project's signatures at batch 1 (tape and graph
+    checks, context managers, a config proto built anew, output packing). This does what
+    they end in, ``execute.execute(function name, inputs + captured inputs, attributes)``,
+    with the captured inputs, the attributes and the flat-output-to-alias map computed
+    once. BENCHMARKS.md (serving) measures both calls in one process.
+
+    It runs the function with TensorFlow's single-threaded executor (every kernel in the
+    calling thread, no hand-off to the inter-op pool; kernels keep their intra-op
+    threads). A function that executor refuses (low-level control flow: its errors say
+    "single-threaded executor") switches to the default executor for good, and the call
+    is retried.
+
+    ``create`` returns None when the function is not a plain eager concrete function with
+    a flat dict of outputs (TensorFlow internals moved); callers then use the public call.
+    Cost: one dict of outputs per call; no copies of the input or output tensors.
+    """
+
+    SINGLE_THREADED = "SINGLE_THREADED_EXECUTOR"
+
+    def __init__(self, name: str, num_outputs: int, captured: list, aliases: dict[str, int]):
+        from tensorflow.python.eager import context, execute
+
+        self._execute = execute.execute
+        self._context = context.context()
+        self._name = name
+        self._num_outputs = num_outputs
+        self._captured = captured
+        self._aliases = tuple(aliases.items())
+        self._config = self._context.function_call_options.config_proto_serialized
+        self.executor = self.SINGLE_THREADED
+        self._attrs = self._attributes()
+
+    def _attributes(self) -> tuple:
+        return ("executor_type", self.executor, "config_proto", self._config)
+
+    @classmethod
+    def create(cls, function: Any) -> FlatCall | None:
+        atomic = getattr(function, "_inference_function", None)
+        raw_captures = getattr(function, "_captured_inputs", None)
+        if atomic is None or raw_captures is None or any(callable(c) for c in raw_captures):
+            return None
+        try:
+            num_outputs = len(atomic.function_type.flat_outputs)
+            aliases = atomic.function_type.pack_output(list(range(num_outputs)))
+            captured = list(function.captured_inputs)
+            name = atomic.name.decode() if isinstance(atomic.name, bytes) else str(atomic.name)
+        except Exception:  # a TensorFlow without these internals: the public call
+            return None
+        if not isinstance(aliases, dict) or sorted(aliases.values()) != list(range(num_outputs)):
+            return None
+        if any(getattr(c, "dtype", None) is None for c in captured):
+            return None
+        return cls(name, num_outputs, captured, aliases)
+
+    def __call__(self, tensors: list) -> dict[str, Any]:
+        """Runs the function on its flat inputs (``Signature.input_names`` order)."""
+        inputs = tensors + self._captured
+        try:
+            flat = self._execute(self._name, self._num_outputs, inputs, self._attrs, self._context)
+        except (tf.errors.UnimplementedError, tf.errors.FailedPreconditionError) as error:
+            refused = "single-threaded executor" in error.message.lower()
+            if self.executor != self.SINGLE_THREADED or not refused:
+                raise
+            log.info(
+                "%s: the single-threaded executor refused it (%s); using the default executor",
+                self._name, graph_error_text(error.message),
+            )
+            self.executor = ""
+            self._attrs = self._attributes()
+            flat = self._execute(self._name, self._num_outputs, inputs, self._attrs, self._context)
+        return {alias: flat[index] for alias, index in self._aliases}
 
 
 _NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node", "File ")
