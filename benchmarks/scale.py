@@ -403,9 +403,10 @@ def one_file(shards: Path) -> Path:
     return target
 
 
-def train_argv(data_path: Path, run_dir: Path, streaming: bool) -> list[str]:
+def train_argv(data_path: Path, run_dir: Path, streaming: bool,
+               extra: tuple[str, ...] = ()) -> list[str]:
     sets = ("data.source=file", f"data.path={data_path}",
-            "data.split=" + ("hash-interaction" if streaming else "random"), *JOB_SETS)
+            "data.split=" + ("hash-interaction" if streaming else "random"), *JOB_SETS, *extra)
     return ["train", "--config", str(ROOT / "training/configs/synthetic.toml"), "--run-dir",
             str(run_dir), *[a for s in sets for a in ("--set", s)]]
 
@@ -414,8 +415,8 @@ def part_b(args: argparse.Namespace, log: Log) -> dict:
     """One epoch over ``B_ROWS`` streamed interactions, then the final evaluation."""
     shards = write_shards(args.data / f"b{B_ROWS}", B_ROWS, B_USERS, B_ITEMS, log)
     with tempfile.TemporaryDirectory(dir=args.data) as scratch:
-        job = run_job(train_argv(shards, Path(scratch) / "run", streaming=True), "(b)", log,
-                      timeout=args.job_timeout)
+        job = run_job(train_argv(shards, Path(scratch) / "run", True, tuple(args.b_set)), "(b)",
+                      log, timeout=args.job_timeout, stop_after_training=args.b_training_only)
     job["phases"] = job_phases(job)
     job.update(rows=B_ROWS, users=B_USERS, items=B_ITEMS, shards=SHARDS)
     return job
@@ -423,7 +424,7 @@ def part_b(args: argparse.Namespace, log: Log) -> dict:
 
 def table_b(result: dict) -> list[str]:
     p = result["phases"]
-    if result["exit"] != 0 or not p["epochs"]:
+    if (result["exit"] != 0 and not result["killed_after_training"]) or not p["epochs"]:
         return [f"(b) did not finish: exit {result['exit']}; last line: "
                 f"{result['lines'][-1][1] if result['lines'] else '(none)'}"]
     epoch = p["epochs"][0]
@@ -659,6 +660,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="(a) skip the generator timings")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "scale_data",
                         help="(b)-(d) where shards are written (and reused) and runs go")
+    parser.add_argument("--b-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="(b) another config override, e.g. evaluation.chunk_size=256")
+    parser.add_argument("--b-training-only", action="store_true",
+                        help="(b) stop the job at the end of training (no final evaluation)")
     parser.add_argument("--c-rows", type=int, nargs="+", default=list(C_ROWS),
                         help="(c) interactions per point of the curve")
     parser.add_argument("--in-memory-rows", type=int, nargs="*", default=list(C_IN_MEMORY_ROWS),
