@@ -7,6 +7,7 @@ lives as long as the run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -78,3 +79,25 @@ class EpochScalars(tf.keras.callbacks.Callback):
             for key, value in (logs or {}).items():
                 tf.summary.scalar(f"epoch_{key}", value, step=epoch)
         self.writer.flush()
+
+
+class EpochClock(tf.keras.callbacks.Callback):
+    """Times each epoch's training steps: place it first, so its epoch end comes before
+    the validation of the callbacks after it. ``clock`` is injectable."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        super().__init__()
+        self.clock = clock
+        self.started = self.ended = clock()
+        self.train_seconds = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = self.clock()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.ended = self.clock()
+        self.train_seconds = self.ended - self.started
+
+    def since_training(self) -> float:
+        """Seconds since the last epoch's steps ended (its validation and checkpoint)."""
+        return self.clock() - self.ended

@@ -23,17 +23,24 @@ class TrainingCheckpoint(tf.keras.callbacks.Callback):
     """Saves after every epoch (place it after ``EarlyStopping``) and restores the latest."""
 
     def __init__(self, directory: str | Path, model: tf.keras.Model,
-                 optimizer: tf.keras.optimizers.Optimizer, state: tf.Module):
+                 optimizer: tf.keras.optimizers.Optimizer, state: tf.Module,
+                 restore_from: str | Path | None = None):
         super().__init__()
         # Slots exist before a restore, so it fills them now rather than on first use.
         optimizer.build(model.trainable_variables)
         self.state = state
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=2)
+        # A multi-worker follower saves into its own scratch directory (every worker
+        # must save, only the chief's files count) and resumes from the chief's.
+        self.restore_from = restore_from
 
     def restore_or_initialize(self) -> int:
-        """Restores the latest checkpoint (or writes ``ckpt-0``); returns epochs completed."""
+        """Restores the latest checkpoint (of ``restore_from`` when given, else of the
+        directory; without one, writes ``ckpt-0``); returns epochs completed."""
         latest = self.manager.latest_checkpoint
+        if self.restore_from is not None:
+            latest = tf.train.latest_checkpoint(str(self.restore_from)) or latest
         if latest is None:
             self.manager.save(checkpoint_number=0)
             return 0

@@ -47,24 +47,35 @@ def quiet_tensorflow(verbose: bool = False) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from training import rundir
+    from training.cluster import cluster_from_environment
     from training.config import load_config
 
-    if args.resume:
-        rundir.read_info(Path(args.run_dir))  # names a missing or foreign directory
-        holder = rundir.live_holder(args.run_dir)  # fast answer; train() takes the lock
+    cluster = cluster_from_environment()  # a malformed TF_CONFIG exits 2 here
+    run_dir = Path(args.run_dir)
+    resume = args.resume or (args.auto_resume and (run_dir / rundir.RUN_INFO).is_file())
+    if resume and args.auto_resume and rundir.read_info(run_dir).get("status") == "complete":
+        print(f"run: {run_dir} is already complete")
+        return 0
+    config_path = args.config or (run_dir / rundir.CONFIG if resume else DEFAULT_CONFIG)
+    if cluster is not None and not cluster.is_chief:
+        # Another task of a cluster: the chief checks and holds the run directory.
+        config = load_config(config_path, args.set)
+    elif resume:
+        rundir.read_info(run_dir)  # names a missing or foreign directory
+        holder = rundir.live_holder(run_dir)  # fast answer; train() takes the lock
         if holder is not None:
-            raise InputError(f"run directory in use by {holder}: {args.run_dir}")
-        config = load_config(args.config or Path(args.run_dir) / rundir.CONFIG, args.set)
-        check_resume(args.run_dir, config)  # refuses a changed run before TensorFlow loads
+            raise InputError(f"run directory in use by {holder}: {run_dir}")
+        config = load_config(config_path, args.set)
+        check_resume(run_dir, config)  # refuses a changed run before TensorFlow loads
     else:
-        config = load_config(args.config or DEFAULT_CONFIG, args.set)
-        rundir.check_new(args.run_dir)
+        config = load_config(config_path, args.set)
+        rundir.check_new(run_dir)
 
     from training.train import format_metrics, train  # TensorFlow loads here
 
-    run_dir = train(config, args.run_dir, resume=args.resume)
-    metrics = rundir.load_metrics(run_dir)
-    print(format_metrics(metrics, config.evaluation.ks))
+    train(config, run_dir, resume=resume, cluster=cluster, peer_timeout=args.peer_timeout)
+    if cluster is None or cluster.is_chief:
+        print(format_metrics(rundir.load_metrics(run_dir), config.evaluation.ks))
     return 0
 
 
@@ -75,14 +86,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise InputError(f"unknown split {args.split!r}; valid: train, validation, test")
     rundir.read_info(args.run_dir)
 
-    from training.modeling import load_run  # TensorFlow loads here
-    from training.train import evaluate_split, format_metrics, prepare
+    from training.job_input import prepare_input  # TensorFlow loads here
+    from training.modeling import load_run
+    from training.train import format_metrics
 
     run = load_run(args.run_dir)
-    data, split = prepare(run.config)
-    if len(split.get(args.split)) == 0:
+    source = prepare_input(run.config, splits=(args.split,))
+    metrics = source.evaluate(run.model, splits=(args.split,)).get(args.split)
+    if metrics is None:
         raise InputError(f"split {args.split!r} of {args.run_dir} is empty")
-    metrics = evaluate_split(run.config, run.model, data, split, args.split)
     stored = rundir.load_metrics(run.path)
     stored[args.split] = metrics
     rundir.write_json(run.path / rundir.METRICS, stored)
@@ -116,6 +128,16 @@ def _register_training(commands) -> None:
         help="continue from the last checkpoint; only " + ", ".join(RESUMABLE_KEYS)
         + " may differ from the run's config.toml",
     )
+    p.add_argument(
+        "--auto-resume", action="store_true",
+        help="resume when RUN_DIR holds an unfinished run, else start it (the command a "
+             "relaunched cluster task or pod runs; a complete run is left as it is)",
+    )
+    p.add_argument(
+        "--peer-timeout", type=_positive_seconds, default=300.0, metavar="SECONDS",
+        help="under TF_CONFIG: how long to wait for the other tasks of the cluster "
+             "(default 300)",
+    )
     p.set_defaults(func=_train)
 
     p = commands.add_parser("evaluate", help="exact full-catalog evaluation of a run")
@@ -134,13 +156,25 @@ def _register_training(commands) -> None:
     p.set_defaults(func=_runs)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _plugins():
     """``register`` functions of this package's and the higher layers' subcommands."""
+    from training.cluster_local import register as register_cluster_local
     from training.movielens import register as register_fetch
     from training.shards import register as register_write_shards
     from training.study.cli import register as register_study
 
     yield register_fetch
+    yield register_cluster_local
     yield register_write_shards
     yield register_study
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -182,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except TfrsCosineError as error:
         message = " ".join(str(error).split())
         print(f"tfrs-cosine: error: {message}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
     except KeyboardInterrupt as interrupt:  # SIGINT, or SIGTERM during training
         print(f"tfrs-cosine: {interrupt or 'interrupted'}", file=sys.stderr)
         return getattr(interrupt, "exit_code", 130)

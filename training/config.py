@@ -103,6 +103,9 @@ class TrainingConfig:
     seed: int = 0
     mixed_precision: bool = False
     shuffle_buffer: int = 100_000  # rows shuffled together by the streaming pipeline
+    # Replicas of one process (MirroredStrategy): 0 = every local GPU when there is more
+    # than one, else one device; N = N GPUs, or N logical CPU devices without a GPU.
+    local_replicas: int = 0
 
 
 @dataclass
@@ -264,6 +267,8 @@ def validate(config: Config) -> None:
     )
     require(t.early_stopping_patience >= 0, "training.early_stopping_patience must be >= 0")
     require(t.shuffle_buffer >= 1, f"training.shuffle_buffer must be >= 1, got {t.shuffle_buffer}")
+    require(t.local_replicas >= 0,
+            f"training.local_replicas must be >= 0 (0: automatic), got {t.local_replicas}")
     require(len(e.ks) > 0 and all(k >= 1 for k in e.ks), f"evaluation.ks must be >= 1, got {e.ks}")
     require(len(set(e.ks)) == len(e.ks), f"evaluation.ks has a repeated value: {e.ks}")
     require(e.monitor_k >= 1, f"evaluation.monitor_k must be >= 1, got {e.monitor_k}")

@@ -281,13 +281,18 @@ class ValidationRecall(tf.keras.callbacks.Callback):
     Monitoring scores a seeded sample of at most ``max_users`` validation users
     (0: all), drawn once when the callback is made, so every epoch (and a resumed
     run) compares the same users. Each epoch costs ``min(max_users, users) x items x d``.
+    ``validation`` may also be a prepared ``EvaluationSet`` (then ``items``, ``seen``,
+    ``max_users`` and ``seed`` are not used): a streaming source's sample.
     """
 
     def __init__(self, validation, items, ks, seen=None, chunk_size=1024,
                  max_users=EvaluationConfig.validation_users, seed=0):
         super().__init__()
         self.ks, self.chunk_size = ks, chunk_size
-        self.evaluation = evaluation_set(validation, items, seen, max_users, seed)
+        if isinstance(validation, EvaluationSet):
+            self.evaluation = validation
+        else:
+            self.evaluation = evaluation_set(validation, items, seen, max_users, seed)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if len(self.evaluation.test_users) == 0:

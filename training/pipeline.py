@@ -45,6 +45,20 @@ def probability_column(item_probability: dict[str, float], item_ids: np.ndarray)
     return np.where(columns >= 0, shares[columns], shares.min()).astype(np.float32)
 
 
+def training_columns(
+    train: Interactions, item_probability: dict[str, float] | None = None
+) -> dict[str, np.ndarray]:
+    """The per-row features of training batches: ``user_id``, ``item_id`` ``(N,)`` str,
+    ``weight`` ``(N,)`` float32 when the data has weights, ``item_probability`` ``(N,)``
+    float32 with ``item_probability`` (logQ)."""
+    features: dict[str, np.ndarray] = {"user_id": train.user_id, "item_id": train.item_id}
+    if train.weight is not None:
+        features["weight"] = train.weight.astype(np.float32)
+    if item_probability is not None:
+        features["item_probability"] = probability_column(item_probability, train.item_id)
+    return features
+
+
 def make_training_dataset(
     train: Interactions,
     batch_size: int,
@@ -58,12 +72,7 @@ def make_training_dataset(
     the dataset again repeats it (build the next epoch with ``epoch_seed``).
     ``item_probability`` maps item ids to their sampling share (logQ).
     """
-    features: dict[str, np.ndarray] = {"user_id": train.user_id, "item_id": train.item_id}
-    if train.weight is not None:
-        features["weight"] = train.weight.astype(np.float32)
-    if item_probability is not None:
-        features["item_probability"] = probability_column(item_probability, train.item_id)
-    dataset = tf.data.Dataset.from_tensor_slices(features)
+    dataset = tf.data.Dataset.from_tensor_slices(training_columns(train, item_probability))
     if shuffle:
         dataset = dataset.shuffle(len(train), seed=seed, reshuffle_each_iteration=False)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -110,13 +110,19 @@ def live_holder(run_dir: Path) -> Process | None:
 
 
 def write_start(
-    run_dir: Path, config: Config, data, split, versions: dict[str, str], process: Process
+    run_dir: Path, config: Config, source, versions: dict[str, str], process: Process,
+    distribution: dict | None = None,
 ) -> None:
-    """Writes config, vocabularies and a ``running`` run.json for a new run."""
+    """Writes config, vocabularies and a ``running`` run.json for a new run.
+
+    ``source``: the job's input (``training.job_input``): ``users`` and ``items``, the
+    vocabularies, and ``record()``, the ``data`` of run.json (sizes of the data and of
+    each split). ``distribution``: the strategy's record (replicas, cluster).
+    """
     run_dir = Path(run_dir)
     (run_dir / "vocab").mkdir(parents=True, exist_ok=True)
-    (run_dir / "vocab" / "users.txt").write_text("\n".join(data.users.tolist()) + "\n")
-    (run_dir / "vocab" / "items.txt").write_text("\n".join(data.items.tolist()) + "\n")
+    _write_ids(run_dir / "vocab" / "users.txt", source.users)
+    _write_ids(run_dir / "vocab" / "items.txt", source.items)
     write_text(run_dir / CONFIG, config.to_toml())
     write_json(
         run_dir / RUN_INFO,
@@ -127,18 +133,18 @@ def write_start(
             "epochs": config.training.epochs,
             "epochs_completed": 0,
             "resumes": [],
-            "data": {
-                "description": data.description,
-                "num_interactions": len(data.interactions),
-                "num_users": len(data.users),
-                "num_items": len(data.items),
-                "train": len(split.train),
-                "validation": len(split.validation),
-                "test": len(split.test),
-            },
+            "data": source.record(),
+            **({"distribution": distribution} if distribution is not None else {}),
             "versions": versions,
         },
     )
+
+
+def _write_ids(path: Path, ids) -> None:
+    """One id per line, in blocks (a million ids need no single million-line string)."""
+    with path.open("w") as f:
+        for start in range(0, len(ids), 65536):
+            f.write("\n".join(str(i) for i in ids[start : start + 65536]) + "\n")
 
 
 def write_resume(

@@ -201,6 +201,21 @@ class TrainingInput:
         )
         return dataset.prefetch(tf.data.AUTOTUNE)
 
+    def worker_epochs(self, first_epoch: int, worker: tf.Tensor, num_workers: int) -> tf.data.Dataset:
+        """For a ``ParameterServerStrategy`` worker, whose index is a tensor when its
+        dataset function is traced (``experimental_get_current_worker_index``): epochs
+        ``first_epoch, first_epoch + 1, ...`` without end, each every training row of
+        the files ``k`` with ``k mod num_workers == worker`` (of ``self.files``), in
+        batches of ``batch_size``. The coordinator decides how many steps each worker
+        runs, so an epoch is a number of steps, not a pass over each worker's files."""
+        table = self._probability_table()
+        mine = tf.range(len(self.files)) % num_workers == tf.cast(worker, tf.int32)
+        files = tf.boolean_mask(tf.constant(self.files), mine)
+        dataset = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(
+            lambda e: self._epoch(e, table, files, whole=True)
+        )
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
     def describe(self) -> str:
         shard = (f"worker {self.shard.index} of {self.shard.num_workers} by {self.sharding}, "
                  if self.shard.num_workers > 1 else "")
@@ -220,13 +235,17 @@ class TrainingInput:
         )
         return tf.lookup.StaticHashTable(initializer, default_value=self.data.oov_item_probability)
 
-    def _epoch(self, epoch: tf.Tensor, table) -> tf.data.Dataset:
+    def _epoch(self, epoch: tf.Tensor, table, files: tf.Tensor | None = None,
+               whole: bool = False) -> tf.data.Dataset:
+        """One epoch of ``files`` (default: ``self.files``); ``whole``: every row, not
+        ``steps_per_epoch x replicas`` batches."""
         d, shards = self.data, self.data.shards
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
         files_seed = tf.random.experimental.stateless_fold_in(seed, 0)
         blocks_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-        order = tf.random.experimental.stateless_shuffle(tf.range(len(self.files)), files_seed)
-        paths = tf.gather(tf.constant(self.files), order)
+        files = tf.constant(self.files) if files is None else files
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.size(files)), files_seed)
+        paths = tf.gather(files, order)
         cycle = min(d.interleave_files, len(self.files))
         dataset = tf.data.Dataset.from_tensor_slices(paths).interleave(
             lambda path: file_chunks(shards, path),
@@ -254,7 +273,9 @@ class TrainingInput:
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
-        dataset = dataset.rebatch(self.batch_size).take(self.steps_per_epoch * self.replicas)
+        dataset = dataset.rebatch(self.batch_size)
+        if not whole:
+            dataset = dataset.take(self.steps_per_epoch * self.replicas)
         if table is not None:
             dataset = dataset.map(lambda b: b | {"item_probability": table.lookup(b["item_id"])})
         options = tf.data.Options()

@@ -29,17 +29,14 @@ from training.runs import describe, describe_runs, format_runs
 TINY = ["data.num_users=50", "data.num_items=20", "training.epochs=5"]
 
 
-class _Data:
-    """The parts of LoadedData and Split that ``write_start`` records."""
+class _Source:
+    """What ``write_start`` records of a job input (``training.job_input``)."""
 
-    class _Sized(list):
-        def tolist(self):
-            return list(self)
+    users, items = ["u0"], ["i0"]
 
-    def __init__(self):
-        self.description = "test"
-        self.interactions, self.users, self.items = [0] * 10, self._Sized(["u0"]), self._Sized(["i0"])
-        self.train, self.validation, self.test = [0] * 6, [0] * 2, [0] * 2
+    def record(self) -> dict:
+        return {"description": "test", "num_interactions": 10, "num_users": 1, "num_items": 1,
+                "train": 6, "validation": 2, "test": 2}
 
 
 def dead_pid() -> int:
@@ -51,7 +48,7 @@ def dead_pid() -> int:
 
 def make_run(path, status="running", process=None, checkpoint_epoch=2, **fields):
     config = load_config(None, TINY)
-    rundir.write_start(path, config, _Data(), _Data(), {}, process or Process.current())
+    rundir.write_start(path, config, _Source(), {}, process or Process.current())
     if checkpoint_epoch is not None:
         (path / rundir.CHECKPOINTS).mkdir()
         (path / rundir.CHECKPOINTS / "checkpoint").write_text(
