@@ -25,7 +25,7 @@ MAY_IMPORT = {
                 "export.scann_ops", "export.verify"),
 }
 # What loads an export (the server's side of it): none of the training stack.
-LOADERS = ("export.contract", "export.errors", "export.scann_ops", "export.verify")
+LOADERS = ("export.contract", "export.errors", "export.plan", "export.scann_ops", "export.verify")
 LOADER_MAY_IMPORT = ("tfrs_cosine.errors", *LOADERS)
 TRAINING_STACK = ("tensorflow_recommenders", "tf_keras")
 
