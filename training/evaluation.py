@@ -16,6 +16,8 @@ Metrics, for ``ks = [k1, ..., kmax]``:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -151,11 +153,20 @@ def evaluate_embeddings(
     return metrics
 
 
-def embed(tower: tf.keras.layers.Layer, ids: np.ndarray, batch_size: int = 8192) -> tf.Tensor:
-    """Tower outputs for ``ids`` in batches: ``(len(ids),)`` -> ``(len(ids), d)`` float32."""
+def embed(
+    tower: tf.keras.layers.Layer,
+    ids: np.ndarray,
+    batch_size: int = 8192,
+    inputs: Callable[[np.ndarray], dict] | None = None,
+) -> tf.Tensor:
+    """Tower outputs for ``ids`` in batches: ``(len(ids),)`` -> ``(len(ids), d)`` float32.
+
+    ``inputs`` maps a chunk of ids to a feature tower's inputs (``training.feature_data``);
+    without it the tower gets the ids.
+    """
     parts = [
-        tf.cast(tower(tf.constant(ids[start : start + batch_size])), tf.float32)
-        for start in range(0, len(ids), batch_size)
+        tf.cast(tower(inputs(chunk) if inputs else tf.constant(chunk)), tf.float32)
+        for chunk in (ids[start : start + batch_size] for start in range(0, len(ids), batch_size))
     ]
     return tf.concat(parts, axis=0)
 
@@ -167,12 +178,16 @@ def evaluate_model(
     ks: list[int],
     seen: Interactions | None = None,
     chunk_size: int = 1024,
+    query_inputs: Callable[[np.ndarray], dict] | None = None,
+    item_inputs: Callable[[np.ndarray], dict] | None = None,
 ) -> dict[str, float]:
     """Evaluates a ``TwoTowerModel`` on ``test`` against the whole catalog ``items``.
 
     Items are ranked by the head's similarity (the temperature does not change a
     ranking). ``seen`` (usually the training interactions) is excluded from the
-    per-user metrics when given.
+    per-user metrics when given. A feature model's towers get their inputs from
+    ``query_inputs(user_ids)`` (features and history as of the split's start) and
+    ``item_inputs(item_ids)`` (``training.feature_data.FeatureData``).
     """
     if len(test) == 0:
         return {}
@@ -189,8 +204,8 @@ def evaluate_model(
                 buckets[row].append(column)
         excluded = [np.unique(np.array(b, dtype=np.int64)) for b in buckets]
     head = model.head
-    user_vectors = head.normalize(embed(model.user_tower, users)).numpy()
-    item_vectors = head.normalize(embed(model.item_tower, items)).numpy()
+    user_vectors = head.normalize(embed(model.user_tower, users, inputs=query_inputs)).numpy()
+    item_vectors = head.normalize(embed(model.item_tower, items, inputs=item_inputs)).numpy()
     return evaluate_embeddings(
         user_vectors, item_vectors, test_users, test_items, ks, excluded, chunk_size
     )
@@ -198,16 +213,22 @@ def evaluate_model(
 
 class ValidationRecall(tf.keras.callbacks.Callback):
     """Evaluates on the validation split after each epoch and logs ``val_recall_at_K``,
-    ``val_ndcg_at_K``, so ``EarlyStopping`` and TensorBoard can watch them."""
+    ``val_ndcg_at_K``, so ``EarlyStopping`` and TensorBoard can watch them. ``features``
+    (a ``training.feature_data.FeatureData``) gives a feature model's towers their inputs."""
 
-    def __init__(self, validation, items, ks, seen=None, chunk_size=1024):
+    def __init__(self, validation, items, ks, seen=None, chunk_size=1024, features=None):
         super().__init__()
         self.validation, self.items, self.ks = validation, items, ks
         self.seen, self.chunk_size = seen, chunk_size
+        self.inputs = {} if features is None else {
+            "query_inputs": features.query_inputs("validation"),
+            "item_inputs": features.item_inputs(),
+        }
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         metrics = evaluate_model(
-            self.model, self.validation, self.items, self.ks, self.seen, self.chunk_size
+            self.model, self.validation, self.items, self.ks, self.seen, self.chunk_size,
+            **self.inputs,
         )
         if logs is not None:
             for k in self.ks:

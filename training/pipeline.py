@@ -10,6 +10,8 @@ interleave).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -42,14 +44,19 @@ def make_training_dataset(
     item_probability: dict[str, float] | None = None,
     seed: int = 0,
     shuffle: bool = True,
+    columns: dict[str, np.ndarray] | None = None,
+    map_batch: Callable[[dict], dict] | None = None,
 ) -> tf.data.Dataset:
     """One epoch of shuffled batches of ``{"user_id", "item_id"[, "weight"][, "item_probability"]}``.
 
     Each feature is ``(batch,)``. The order is a function of ``seed`` only: iterating
     the dataset again repeats it (build the next epoch with ``epoch_seed``).
-    ``item_probability`` maps item ids to their sampling share (logQ).
+    ``item_probability`` maps item ids to their sampling share (logQ). ``columns`` adds
+    per-row columns (a feature model's timestamps); ``map_batch`` maps each batch in the
+    graph (``training.feature_data.FeatureData.join``: side features and histories).
     """
     features: dict[str, np.ndarray] = {"user_id": train.user_id, "item_id": train.item_id}
+    features.update(columns or {})
     if train.weight is not None:
         features["weight"] = train.weight.astype(np.float32)
     if item_probability is not None:
@@ -60,4 +67,7 @@ def make_training_dataset(
     dataset = tf.data.Dataset.from_tensor_slices(features)
     if shuffle:
         dataset = dataset.shuffle(len(train), seed=seed, reshuffle_each_iteration=False)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if map_batch is not None:
+        dataset = dataset.map(map_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)

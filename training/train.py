@@ -26,13 +26,14 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfrs_cosine import TwoTowerModel
-from training import rundir
+from training import feature_store, rundir
 from training.callbacks import AfterEpoch, EpochMeanLogs, EpochScalars, ProgressBar
 from training.checkpoint import TrainingCheckpoint
 from training.config import Config, validate_catalog
 from training.data import load_data
 from training.early_stopping import EarlyStopping, EpochSummary
 from training.evaluation import ValidationRecall, evaluate_model
+from training.feature_data import FeatureData, prepare_features
 from training.interrupts import signals_raise
 from training.locking import HEARTBEAT_SECONDS, Heartbeat, Process, RunLock
 from training.modeling import build_model, make_optimizer, save_weights, versions
@@ -63,6 +64,7 @@ class FitResult:
     weights_epoch: int | None = None
     epochs_trained: int = 0
     monitor: str | None = None  # the history key early stopping watched
+    features: FeatureData | None = None  # a feature model's data (None: id towers)
 
 
 def describe_devices() -> str:
@@ -118,9 +120,11 @@ def fit(
         shares = item_probabilities(split.train, data.items)
         probabilities = dict(zip(data.items.tolist(), shares.tolist(), strict=True))
     validating = len(split.validation) > 0
+    features = prepare_features(config, data, split)
 
     with precision_policy(t.mixed_precision), distribution_strategy().scope():
-        model = build_model(config, data.users.tolist(), data.items.tolist())
+        model = build_model(config, data.users.tolist(), data.items.tolist(),
+                            statistics=None if features is None else features.statistics)
         optimizer = make_optimizer(config)
         model.compile(optimizer=optimizer)
         stopping = EarlyStopping(model, f"val_recall_at_{e.monitor_k}" if validating else None,
@@ -136,6 +140,7 @@ def fit(
         epoch_callbacks.append(ValidationRecall(
             split.validation, data.items, sorted(set([e.monitor_k, *e.ks])),
             seen=split.train if e.exclude_seen else None, chunk_size=e.chunk_size,
+            features=features,
         ))
     epoch_callbacks += [stopping, *([checkpoint] if checkpoint else [])]
     if verbose:
@@ -150,7 +155,8 @@ def fit(
         if stopping.stopped:  # also when resuming a run that had stopped
             break
         dataset = make_training_dataset(split.train, t.batch_size, probabilities,
-                                        seed=epoch_seed(t.seed, epoch))
+                                        seed=epoch_seed(t.seed, epoch),
+                                        **feature_batches(features, split.train))
         model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=verbose,
                   callbacks=epoch_callbacks)
         if model.stop_training:
@@ -159,16 +165,32 @@ def fit(
     weights_epoch = stopping.restore_best_weights()
     return FitResult(model, stopping.history, stopping.epochs_done, seconds,
                      stopping.best_epoch, stopping.best_value, weights_epoch,
-                     stopping.epochs_done - first, stopping.monitor)
+                     stopping.epochs_done - first, stopping.monitor, features)
+
+
+def feature_batches(features: FeatureData | None, train) -> dict:
+    """``make_training_dataset``'s arguments for a feature model's batches: the per-row
+    timestamps and the in-graph join of side features and histories ({} for id towers)."""
+    if features is None:
+        return {}
+    return {"columns": features.batch_columns(train), "map_batch": features.join}
 
 
 def evaluate_split(
-    config: Config, model: TwoTowerModel, data: LoadedData, split: Split, name: str
+    config: Config, model: TwoTowerModel, data: LoadedData, split: Split, name: str,
+    features: FeatureData | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``model`` on one split, excluding training items if configured."""
+    """Metrics of ``model`` on one split, excluding training items if configured. A
+    feature model's query side is each user's features and history as of the split's
+    start (``features``, prepared from the data when not given)."""
     e = config.evaluation
     seen = split.train if e.exclude_seen and name != "train" else None
-    return evaluate_model(model, split.get(name), data.items, e.ks, seen, e.chunk_size)
+    if features is None:
+        features = prepare_features(config, data, split)
+    inputs = {} if features is None else {
+        "query_inputs": features.query_inputs(name), "item_inputs": features.item_inputs(),
+    }
+    return evaluate_model(model, split.get(name), data.items, e.ks, seen, e.chunk_size, **inputs)
 
 
 def prepare(config: Config, log: Log = _print) -> tuple[LoadedData, Split]:
@@ -267,7 +289,7 @@ def _train_into(config: Config, data: LoadedData, split: Split, run_dir: Path, l
     log(f"train: {result.epochs_trained} epochs in {result.seconds:.1f} s "
         f"({result.epochs} in total; final weights from epoch {result.weights_epoch})")
     metrics = {
-        name: evaluate_split(config, result.model, data, split, name)
+        name: evaluate_split(config, result.model, data, split, name, result.features)
         for name in ("validation", "test")
         if len(split.get(name)) > 0
     }
@@ -283,6 +305,8 @@ def _train_into(config: Config, data: LoadedData, split: Split, run_dir: Path, l
         "final_temperature": float(result.model.head.temperature.numpy()),
     }
     save_weights(result.model, run_dir)
+    if result.features is not None:  # what export and evaluation need (features/)
+        feature_store.write(run_dir, result.features.stored)
     rundir.write_finish(run_dir, metrics, result.history)
 
 
