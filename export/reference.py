@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.errors import ExportError
+from export.feature_model import FeatureExport
 from export.index import PreparedIndex, PreparedIndexes, scann_search
 from export.options import ExportOptions
 from export.recall import exact_top_k, recall_at_k
@@ -39,12 +40,15 @@ def reference(
     indexes: PreparedIndexes | None = None,
     sample: int = 32,
     items_per_user: int = 6,
+    features: FeatureExport | None = None,
 ) -> dict[str, np.ndarray]:
     """Expected outputs of every signature on sampled ids (plus one unknown id each).
 
     With ScaNN ``indexes``, also the recall@K the in-memory searchers reach on these very
     ids: the loaded index must match it (a 33-user sample is too small to hold against
-    ``min_recall`` itself, which was enforced on ``recall_sample`` users).
+    ``min_recall`` itself, which was enforced on ``recall_sample`` users). A feature
+    model's top-K leaves out each user's stored training items when it excludes them,
+    and ``features_reference`` adds ``recommend``, ``embed_items`` and ``because_*``.
     """
     num_users, num_items = len(tables.users), len(tables.items)
     k, m = options.k, options.sizes(tables.dim)["m"]
@@ -59,7 +63,10 @@ def reference(
     normalize = head_layer.normalize
     queries = normalize(tf.constant(tables.user_vectors[user_rows])).numpy()
     catalog = normalize(tf.constant(tables.item_vectors[1:])).numpy()
-    top_scores, top_rows = exact_top_k(queries, catalog, k)
+    excluded = None
+    if features is not None and features.exclude_seen:
+        excluded = [features.seen_of(r - 1) if r else np.zeros(0, np.int64) for r in user_rows]
+    top_scores, top_rows = exact_top_k_excluding(queries, catalog, k, excluded)
 
     unit_catalog = tables.unit(tables.item_vectors[1:])
     item_queries = tables.unit(tables.item_vectors[item_rows])
@@ -107,7 +114,8 @@ def reference(
         "explain_item_ids": explain_ids,
         "explain_known_items": explain_rows > 0,
         "expected_serving_recall": np.float32(
-            _sample_recall(indexes and indexes.user, queries, catalog, k, top_scores, k)
+            _sample_recall(indexes and indexes.user, queries, catalog, k, top_scores, k,
+                           excluded=excluded)
         ),
         "expected_similar_recall": np.float32(
             _sample_recall(
@@ -121,7 +129,32 @@ def reference(
         if name == "cosine_is_training_objective":
             value = np.full(len(user_rows), bool(value))
         result[f"explain_{name}"] = value
+    if features is not None:
+        from export.feature_reference import features_reference
+
+        result.update(features_reference(
+            features, tables, head_layer, options, rng, user_rows, item_rows, explain_rows,
+            result, indexes,
+        ))
     return result
+
+
+def exact_top_k_excluding(
+    queries: np.ndarray, candidates: np.ndarray, k: int, excluded: list[np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``exact_top_k`` leaving out ``excluded[r]`` (candidate rows) of each query ``r``;
+    slots left empty hold row -1 and ``PADDING_SCORE``."""
+    if excluded is None:
+        return exact_top_k(queries, candidates, k)
+    scores = queries @ candidates.T
+    for row, rows in enumerate(excluded):
+        scores[row, rows[rows >= 0]] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores),
+                       axis=1)[:, :k]
+    top = np.take_along_axis(scores, order, axis=1)
+    empty = ~np.isfinite(top)
+    return (np.where(empty, PADDING_SCORE, top).astype(np.float32),
+            np.where(empty, -1, order).astype(np.int64))
 
 
 def _sample_recall(
@@ -132,14 +165,22 @@ def _sample_recall(
     exact_scores: np.ndarray,
     k: int,
     exclude: np.ndarray | None = None,
+    excluded: list[np.ndarray] | None = None,
 ) -> float:
-    """Recall@k the in-memory ScaNN searcher reaches on these queries (1 for brute force)."""
+    """Recall@k the in-memory ScaNN searcher reaches on these queries (1 for brute force);
+    ``excluded`` (per query, candidate rows) are searched past and dropped as the graph does."""
     if index is None or index.kind != "scann":
         return 1.0
+    if excluded is not None:
+        widest = max((len(e) for e in excluded), default=0)
+        k_search = min(k_search + widest, len(candidates))
     found = scann_search(index.searcher, queries, k_search, index.plan)
-    if exclude is not None:
-        found = np.where(found == exclude[:, None], -1, found)
-        order = np.argsort(found < 0, axis=1, kind="stable")  # drop the item itself
+    if exclude is not None or excluded is not None:
+        drop = (found == exclude[:, None]) if exclude is not None else np.zeros(found.shape, bool)
+        if excluded is not None:
+            drop |= np.stack([np.isin(f, e) for f, e in zip(found, excluded, strict=True)])
+        found = np.where(drop, -1, found)
+        order = np.argsort(found < 0, axis=1, kind="stable")  # drop the excluded
         found = np.take_along_axis(found, order, axis=1)[:, :k]
     scores = exact_scores[:, :k]
     rows = np.isfinite(scores).all(1) & (scores > PADDING_SCORE).all(1)
@@ -190,10 +231,11 @@ def run_verification(
     export_dir: Path,
     scratch: Path,
     log: Callable[[str], None],
+    features: FeatureExport | None = None,
 ) -> dict[str, Any]:
     """The reference, then the fresh-process verification; the model card's summary of it."""
     log("export: verifying in a fresh Python process")
-    expected = reference(tables, head_layer, options, rng, indexes)
+    expected = reference(tables, head_layer, options, rng, indexes, features=features)
     report = verify_in_fresh_process(export_dir, expected, scratch, options.min_recall)
     keys = ("checks", "serving_recall_at_k", "similar_items_recall_at_k", "seconds")
     return {key: report[key] for key in keys if key in report}

@@ -192,6 +192,9 @@ def validate_features(model: Any) -> None:
                      f"{where}: a feature name is a letter then letters, digits or _")
             _require(name not in RESERVED_NAMES,
                      f"{where}: {name!r} is reserved; reserved: {', '.join(RESERVED_NAMES)}")
+            _require(name != "history" or feature.type == "history",
+                     f"{where}: the name 'history' is the history input of an export's "
+                     "recommend signature; name this feature otherwise")
             _require(name not in seen,
                      f"{where}: the name {name!r} is also a feature of [model.{seen.get(name)}]")
             seen[name] = table
