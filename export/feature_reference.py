@@ -26,9 +26,9 @@ import tensorflow as tf
 
 from export import contract
 from export.feature_model import FeatureExport, run_tower
-from export.index import PreparedIndexes
+from export.index import PreparedIndexes, sample_recall
 from export.options import ExportOptions
-from export.searchers import PADDING_SCORE
+from export.recall import PADDING_SCORE, exact_top_k_excluding
 from export.tables import EmbeddingTables, oov_id
 
 RECOMMEND_INPUT = "recommend_input:"
@@ -49,8 +49,6 @@ def features_reference(
 ) -> dict[str, Any]:
     """The feature signatures' expected values (see the module doc); ``*_rows`` are table
     rows (0: unknown) of ``base``'s sampled users, items and explained items."""
-    from export.reference import _sample_recall, exact_top_k_excluding
-
     k, m = options.k, options.sizes(tables.dim)["m"]
     num_items = len(features.items)
     signature = contract.signatures_for(features.inputs)[contract.RECOMMEND_NAME]
@@ -105,7 +103,7 @@ def features_reference(
         recommend_scores=scores.astype(np.float32),
         recommend_known_user=rows >= 0,
         recommend_known_rows=np.int64(len(known)),
-        expected_recommend_recall=np.float32(_sample_recall(
+        expected_recommend_recall=np.float32(sample_recall(
             indexes and indexes.user, queries, catalog, k, scores, k, excluded=excluded)),
     )
 

@@ -38,7 +38,8 @@ from export import contract
 from export.feature_model import FeatureExport
 from export.index import PreparedIndexes
 from export.options import ExportOptions
-from export.searchers import PADDING_SCORE, make_searcher, rescore_top_k
+from export.recall import PADDING_SCORE
+from export.searchers import make_searcher, rescore_top_k
 from export.signatures import _id_to_row, _row_to_id, signature_function
 from export.tables import EmbeddingTables
 from tfrs_cosine import explain

@@ -23,10 +23,10 @@ import tensorflow as tf
 
 from export.errors import ExportError
 from export.feature_model import FeatureExport
-from export.index import PreparedIndex, PreparedIndexes, scann_search
+from export.feature_reference import features_reference
+from export.index import PreparedIndexes, sample_recall
 from export.options import ExportOptions
-from export.recall import exact_top_k, recall_at_k
-from export.searchers import PADDING_SCORE
+from export.recall import PADDING_SCORE, exact_top_k, exact_top_k_excluding
 from export.tables import EmbeddingTables, oov_id
 from tfrs_cosine import explain
 from tfrs_cosine.heads import ScoringHead
@@ -114,11 +114,11 @@ def reference(
         "explain_item_ids": explain_ids,
         "explain_known_items": explain_rows > 0,
         "expected_serving_recall": np.float32(
-            _sample_recall(indexes and indexes.user, queries, catalog, k, top_scores, k,
+            sample_recall(indexes and indexes.user, queries, catalog, k, top_scores, k,
                            excluded=excluded)
         ),
         "expected_similar_recall": np.float32(
-            _sample_recall(
+            sample_recall(
                 indexes and indexes.similar, item_queries, unit_catalog, k_similar, sim_scores, k,
                 exclude=item_rows - 1,
             )
@@ -130,63 +130,11 @@ def reference(
             value = np.full(len(user_rows), bool(value))
         result[f"explain_{name}"] = value
     if features is not None:
-        from export.feature_reference import features_reference
-
         result.update(features_reference(
             features, tables, head_layer, options, rng, user_rows, item_rows, explain_rows,
             result, indexes,
         ))
     return result
-
-
-def exact_top_k_excluding(
-    queries: np.ndarray, candidates: np.ndarray, k: int, excluded: list[np.ndarray] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``exact_top_k`` leaving out ``excluded[r]`` (candidate rows) of each query ``r``;
-    slots left empty hold row -1 and ``PADDING_SCORE``."""
-    if excluded is None:
-        return exact_top_k(queries, candidates, k)
-    scores = queries @ candidates.T
-    for row, rows in enumerate(excluded):
-        scores[row, rows[rows >= 0]] = -np.inf
-    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores),
-                       axis=1)[:, :k]
-    top = np.take_along_axis(scores, order, axis=1)
-    empty = ~np.isfinite(top)
-    return (np.where(empty, PADDING_SCORE, top).astype(np.float32),
-            np.where(empty, -1, order).astype(np.int64))
-
-
-def _sample_recall(
-    index: PreparedIndex | None,
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    k_search: int,
-    exact_scores: np.ndarray,
-    k: int,
-    exclude: np.ndarray | None = None,
-    excluded: list[np.ndarray] | None = None,
-) -> float:
-    """Recall@k the in-memory ScaNN searcher reaches on these queries (1 for brute force);
-    ``excluded`` (per query, candidate rows) are searched past and dropped as the graph does."""
-    if index is None or index.kind != "scann":
-        return 1.0
-    if excluded is not None:
-        widest = max((len(e) for e in excluded), default=0)
-        k_search = min(k_search + widest, len(candidates))
-    found = scann_search(index.searcher, queries, k_search, index.plan)
-    if exclude is not None or excluded is not None:
-        drop = (found == exclude[:, None]) if exclude is not None else np.zeros(found.shape, bool)
-        if excluded is not None:
-            drop |= np.stack([np.isin(f, e) for f, e in zip(found, excluded, strict=True)])
-        found = np.where(drop, -1, found)
-        order = np.argsort(found < 0, axis=1, kind="stable")  # drop the excluded
-        found = np.take_along_axis(found, order, axis=1)[:, :k]
-    scores = exact_scores[:, :k]
-    rows = np.isfinite(scores).all(1) & (scores > PADDING_SCORE).all(1)
-    if not rows.any():
-        return 1.0
-    return recall_at_k(queries[rows], candidates, found[rows], scores[rows])
 
 
 def verify_in_fresh_process(

@@ -16,8 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.index import PreparedIndex
-
-PADDING_SCORE = float(np.finfo(np.float32).min)  # score of a slot with no item
+from export.recall import PADDING_SCORE
 
 
 class BruteForceSearcher:
