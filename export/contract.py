@@ -186,7 +186,11 @@ FEATURE_DTYPES = {
 def feature_input(name: str, kind: str) -> TensorSpec:
     """The raw input of a feature of type ``kind`` named ``name``."""
     shape = ("batch", "L") if kind == "multi_categorical" else ("batch",)
-    return TensorSpec(name, FEATURE_DTYPES[kind], shape, f"{kind} feature")
+    description = f"{kind} feature" + (
+        " (Unix seconds; 0: the export's serving time, after its last training interaction)"
+        if kind == "timestamp" else "; \"\" pads" if kind == "multi_categorical" else ""
+    )
+    return TensorSpec(name, FEATURE_DTYPES[kind], shape, description)
 
 
 @dataclass(frozen=True)

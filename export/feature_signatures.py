@@ -8,7 +8,7 @@ through ``export.signatures.signature_function``:
   ``serving_timestamp`` -> the user tower -> top-K over the catalog, never returning the
   user's stored training items when ``exclude_seen``;
 * ``recommend(user_id, <user features>, history, <context>, exclude_item_ids)``: the user
-  tower on the request's raw values. ``history`` ``[batch, N]``: any width; ``""``
+  tower on the request's raw values (a timestamp of 0 is the export's serving time). ``history`` ``[batch, N]``: any width; ``""``
   anywhere is padding; the last ``history_length`` non-empty items (most recent last)
   are what the model sees. ``exclude_item_ids`` are never returned; with
   ``exclude_seen`` neither are the known user's stored training items nor the request's
@@ -171,8 +171,11 @@ def build_feature_module(
         users, history = given[contract.USER_ID.name], given[contract.HISTORY.name]
         rows = module.user_lookup.lookup(users) + 1
         features = {"user_id": users}
-        for spec in (*inputs.user, *inputs.context):
+        for spec in inputs.user:
             features[spec.name] = given[spec.name]
+        for name, when in context(users).items():  # 0: the export's serving time
+            value = given[name]
+            features[name] = tf.where(tf.equal(value, 0), when, value)
         if export.history_feature is not None:
             features[export.history_feature] = recent_items(history, history_length)
         excluded = [catalog_rows(given[contract.EXCLUDE_ITEM_IDS.name])]
