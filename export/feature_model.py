@@ -99,8 +99,11 @@ class FeatureExport:
             [stored.seen_items[a : a + k] for a, k in zip(starts, keep, strict=True)] or [[]]
         ).astype(np.int64)
         seen_indptr = np.concatenate([[0], np.cumsum(keep)]).astype(np.int64)
-        if stored.history is not None:
-            because = stored.history.astype(np.int64)
+        if stored.history is not None:  # each item once (a history may repeat one)
+            because = np.full(stored.history.shape, -1, np.int64)
+            for row, items_of in enumerate(stored.history):
+                distinct = list(dict.fromkeys(int(r) for r in items_of if r >= 0))
+                because[row, : len(distinct)] = distinct
         else:  # no history feature: the most recent training items
             width = max(1, min(int(keep.max(initial=0)), 20))
             because = np.full((len(keep), width), -1, np.int64)
