@@ -123,7 +123,7 @@ def test_recommend_on_stored_features_equals_serving_default(built):
     expected = functions[contract.SERVING_DEFAULT.name](user_id=tf.constant(users))
     np.testing.assert_array_equal(got["item_ids"].numpy(), expected["item_ids"].numpy())
     np.testing.assert_allclose(got["scores"].numpy(), expected["scores"].numpy(), atol=1e-6)
-    for row, user in enumerate(users):  # serving_default leaves out the training items
+    for row in range(len(users)):  # serving_default leaves out the training items
         seen = {export.items[r] for r in export.seen_of(row)}
         assert not seen & set(expected["item_ids"].numpy()[row].astype(str))
 
