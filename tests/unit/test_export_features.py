@@ -164,3 +164,22 @@ def test_is_member_against_numpy():
     np.testing.assert_array_equal(got & (values >= 0), expected)
     empty = is_member(tf.constant(values), tf.zeros((6, 0), tf.int64)).numpy()
     assert not empty.any()
+
+
+def test_the_docs_show_the_feature_contract():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    table = contract.markdown_table(contract.EXAMPLE_FEATURES)
+    for doc in ("docs/architecture.md", "README.md"):
+        assert table in (root / doc).read_text(), f"{doc}: regenerate the feature table"
+    # The example is the shipped config's inputs.
+    config = config_from_dict(__import__("tomllib").loads(
+        (root / "training/configs/movielens-features.toml").read_text()))
+    m = config.model
+    user = [n for n, f in m.user_features.items() if f.type not in ("id", "history")]
+    item = [n for n, f in m.item_features.items() if f.type != "id"]
+    assert [s.name for s in contract.EXAMPLE_FEATURES.user] == user
+    assert [s.name for s in contract.EXAMPLE_FEATURES.item] == item
+    assert [s.name for s in contract.EXAMPLE_FEATURES.context] == list(m.query_context)
+    assert contract.EXAMPLE_FEATURES.history_length == m.user_features["history"].length
