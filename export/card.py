@@ -26,18 +26,18 @@ FORMAT = "tfrs-cosine export 1"
 def describe_model(model) -> dict[str, Any]:
     """The card's ``model`` fields of an in-memory ``TwoTowerModel`` (tower layout, head;
     a feature tower's features instead of an embedding width)."""
-    fields = {
+    fields: dict[str, Any] = {
         "head": model.head.kind,
         "learn_temperature": bool(model.head.learn_temperature),
         "layer_norm": bool(model.user_tower.layer_norm),
-        "user_tower_layers": list(model.user_tower.hidden_layers),
-        "item_tower_layers": list(model.item_tower.hidden_layers),
     }
+    if not hasattr(model.user_tower, "input_names"):  # IdTowers: the fields as ever
+        fields["embedding_dim"] = int(model.user_tower.embedding_dim)
+    fields["user_tower_layers"] = list(model.user_tower.hidden_layers)
+    fields["item_tower_layers"] = list(model.item_tower.hidden_layers)
     for side, tower in (("user", model.user_tower), ("item", model.item_tower)):
         if hasattr(tower, "input_names"):  # a FeatureTower
             fields[f"{side}_tower_features"] = list(tower.input_names)
-        else:
-            fields["embedding_dim"] = int(tower.embedding_dim)
     return fields
 
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from export import card as card_lib
 from export import source
+from export.errors import ExportError
 from export.feature_model import FeatureExport
 from export.feature_signatures import build_feature_module
 from export.index import prepare_indexes
@@ -33,7 +34,7 @@ from export.reference import run_verification
 from export.signatures import build_module
 from export.tables import EmbeddingTables
 from export.versions import Staging, resolve_version
-from tfrs_cosine import TwoTowerModel
+from tfrs_cosine import FeatureTower, TwoTowerModel
 from tfrs_cosine.heads import ScoringHead
 
 Log = Callable[[str], None]
@@ -123,6 +124,11 @@ def export_model(
     The towers are run once over every id (and the out-of-vocabulary row); the export
     serves those outputs, so it answers exactly as the model does for id features.
     """
+    if isinstance(model.user_tower, FeatureTower) or isinstance(model.item_tower, FeatureTower):
+        raise ExportError(
+            "a feature model is exported from its run directory (export_savedmodel): its "
+            "stored features, histories and catalog features are there"
+        )
     options.check_catalog(len(items))
     resolve_version(Path(model_base_path), options.version)  # before the towers run
     tables = EmbeddingTables.from_model(model, users, items)
