@@ -139,32 +139,18 @@ class FeatureExport:
         """The user tower's raw inputs of stored user rows ``rows`` (-1: an unknown user,
         default features and no history); ``ids`` overrides the ``user_id`` input."""
         rows = np.asarray(rows, dtype=np.int64)
-        known = rows >= 0
-        safe = np.where(known, rows, 0)
-        if ids is None:
-            ids = np.where(known, np.array(self.users + [""], dtype=object)[safe], "")
-        out: dict[str, np.ndarray] = {"user_id": np.asarray(ids, dtype=str)}
-        for name, values in self.user_values.items():
-            default = np.full(values.shape[1:], self.user_defaults[name], dtype=values.dtype)
-            out[name] = np.where(_expand(known, values.ndim), values[safe], default)
+        out = _row_inputs(rows, ids, "user_id", self.users, self.user_values, self.user_defaults)
         if self.history_feature is not None:
-            out[self.history_feature] = np.where(known[:, None], self.history[safe], "")
+            out[self.history_feature] = np.where((rows >= 0)[:, None],
+                                                 self.history[np.maximum(rows, 0)], "")
         for name, when in self.context.items():
             out[name] = np.full(len(rows), when, np.int64)
         return out
 
     def item_inputs(self, rows: np.ndarray, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The item tower's raw inputs of catalog rows ``rows`` (-1: default features)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        known = rows >= 0
-        safe = np.where(known, rows, 0)
-        if ids is None:
-            ids = np.where(known, np.array(self.items + [""], dtype=object)[safe], "")
-        out: dict[str, np.ndarray] = {"item_id": np.asarray(ids, dtype=str)}
-        for name, values in self.item_values.items():
-            default = np.full(values.shape[1:], self.item_defaults[name], dtype=values.dtype)
-            out[name] = np.where(_expand(known, values.ndim), values[safe], default)
-        return out
+        return _row_inputs(np.asarray(rows, dtype=np.int64), ids, "item_id", self.items,
+                           self.item_values, self.item_defaults)
 
     def tables(self) -> EmbeddingTables:
         """Tower outputs of every stored user and catalog item (row 0: unknown, defaults)."""
@@ -208,8 +194,21 @@ def run_tower(tower, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def _expand(mask: np.ndarray, ndim: int) -> np.ndarray:
-    return mask.reshape(mask.shape + (1,) * (ndim - 1))
+def _row_inputs(
+    rows: np.ndarray, ids, id_name: str, known_ids: list[str], values: dict[str, np.ndarray],
+    defaults: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """The id and side features of table rows ``rows`` (-1: no row, the defaults)."""
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    if ids is None:
+        ids = np.where(known, np.array(known_ids + [""], dtype=object)[safe], "")
+    out: dict[str, np.ndarray] = {id_name: np.asarray(ids, dtype=str)}
+    for name, column in values.items():
+        default = np.full(column.shape[1:], defaults[name], dtype=column.dtype)
+        mask = known.reshape(known.shape + (1,) * (column.ndim - 1))
+        out[name] = np.where(mask, column[safe], default)
+    return out
 
 
 def _catalog(stored: FeatureTable, run, options: ExportOptions) -> tuple[list[str], FeatureTable]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from training.errors import InputError
 from training.schema import Interactions, LoadedData, from_interactions
+from training.side_tables import read_frame
 
 # ----------------------------------------------------------------------------------------
 # synthetic
@@ -125,16 +126,7 @@ def read_interactions_file(
     format = format or {".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}.get(
         path.suffix.lower(), "csv"
     )
-    try:
-        if format == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep="\t" if format == "tsv" else ",", dtype=str,
-                                keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"data file {path} is empty") from None
-    except Exception as e:  # parser errors name the line; keep them on one line
-        raise InputError(f"cannot read data file {path}: {str(e).splitlines()[0]}") from None
+    frame = read_frame(path, format, "data file")
     if len(frame) == 0:
         raise InputError(f"data file {path} has no rows")
     mapping = {name: columns.get(name, name) for name in _COLUMNS}

@@ -112,13 +112,12 @@ class UserSequences:
 
 
 def _index_of(vocabulary: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Position of each id in ``vocabulary`` (any order), -1 when absent."""
-    if len(vocabulary) == 0:
-        return np.full(len(ids), -1, np.int64)
-    order = np.argsort(vocabulary, kind="stable")
-    ranked = vocabulary[order]
-    at = np.minimum(np.searchsorted(ranked, ids), len(ranked) - 1)
-    return np.where(ranked[at] == ids, order[at], -1).astype(np.int64)
+    """Position of each id in ``vocabulary`` (unique ids, any order), -1 when absent: one
+    hash lookup per id (pandas), O(len(ids))."""
+    import pandas as pd
+
+    return pd.Index(np.asarray(vocabulary, dtype=object)).get_indexer(
+        np.asarray(ids, dtype=object)).astype(np.int64)
 
 
 class HistoryLookup:

@@ -106,19 +106,24 @@ def _text(value) -> str:
     return str(value)
 
 
-def _pandas_frame(path: str, format: str, what: str) -> dict[str, np.ndarray]:
+def read_frame(path, format: str, what: str):
+    """One CSV, TSV (all text, ``""`` for an empty cell) or Parquet file as a pandas frame;
+    ``InputError`` naming ``what`` and the file when it is empty or unreadable."""
     import pandas as pd
 
     try:
         if format == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep="\t" if format == "tsv" else ",", dtype=str,
-                                keep_default_na=False)
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if format == "tsv" else ",", dtype=str,
+                           keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise InputError(f"{what} {path} is empty") from None
     except Exception as e:  # parser errors name the line; keep them on one line
         raise InputError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
+
+
+def _pandas_frame(path: str, format: str, what: str) -> dict[str, np.ndarray]:
+    frame = read_frame(path, format, what)
     return {str(name): _column_values(frame[name]) for name in frame.columns}
 
 

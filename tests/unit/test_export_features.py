@@ -31,7 +31,10 @@ def _quiet(message: str) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     paths = write_feature_data(tmp_path_factory.mktemp("data"))
-    config = config_from_dict(feature_config(paths))
+    raw = feature_config(paths)
+    raw["data"]["validation_fraction"] = 0.0  # no per-epoch validation: a faster fixture
+    raw["training"]["epochs"] = 1
+    config = config_from_dict(raw)
     data = load_data(config.data)
     split = split_data(data.interactions, config.data)
     result = fit(config, data, split)
