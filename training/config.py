@@ -28,7 +28,7 @@ from training.feature_spec import (
 HEAD_NAMES = ("cosine", "dot")  # mirrors tfrs_cosine.HEADS without importing TensorFlow
 SPLITS = ("random", "leave-last-out", "time", "hash-user", "hash-interaction")
 STREAMING_SPLITS = ("time", "hash-user", "hash-interaction")  # decided per row (streaming)
-OPTIMIZERS = ("adagrad", "adam", "sgd")
+OPTIMIZERS = ("adagrad", "adam", "lazy_adam", "sgd")
 FILE_FORMATS = ("", "csv", "tsv", "parquet", "tfrecord")
 SIDE_TABLES = ("user_features", "item_features")  # data.* paths of the side tables
 
@@ -118,6 +118,9 @@ class EvaluationConfig:
     monitor_k: int = 10  # early stopping watches validation recall@monitor_k
     exclude_seen: bool = True  # drop items the user had in training from the ranking
     chunk_size: int = 1024  # users scored per matmul
+    # Per-epoch monitoring (early stopping) scores a seeded sample of this many
+    # validation users, fixed for the run; 0 = all. The final evaluation uses every user.
+    validation_users: int = 10_000
 
 
 @dataclass
@@ -275,6 +278,10 @@ def validate(config: Config) -> None:
     require(len(set(e.ks)) == len(e.ks), f"evaluation.ks has a repeated value: {e.ks}")
     require(e.monitor_k >= 1, f"evaluation.monitor_k must be >= 1, got {e.monitor_k}")
     require(e.chunk_size >= 1, f"evaluation.chunk_size must be >= 1, got {e.chunk_size}")
+    require(
+        e.validation_users >= 0,
+        f"evaluation.validation_users must be >= 0 (0: all), got {e.validation_users}",
+    )
 
 
 def validate_catalog(config: Config, num_items: int) -> None:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfrs_cosine import FeatureTower, IdTower, TwoTowerModel, make_head
 from tfrs_cosine import features as encoders
-from training import rundir
+from training import optimizers, rundir
 from training.config import Config, ModelConfig
 from training.errors import InputError
 from training.feature_spec import FeatureConfig, tower_features, uses_features
@@ -157,12 +157,8 @@ def _encoder(
 
 
 def make_optimizer(config: Config) -> tf.keras.optimizers.Optimizer:
-    t = config.training
-    if t.optimizer == "adagrad":
-        return tf.keras.optimizers.Adagrad(t.learning_rate)
-    if t.optimizer == "adam":
-        return tf.keras.optimizers.Adam(t.learning_rate)
-    return tf.keras.optimizers.SGD(t.learning_rate)
+    """``training.optimizer`` at ``training.learning_rate`` (``training.optimizers``)."""
+    return optimizers.make_optimizer(config.training.optimizer, config.training.learning_rate)
 
 
 def versions() -> dict[str, str]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from training.indexing import catalog_index
 from training.schema import Interactions
 
 
@@ -25,10 +26,8 @@ def item_probabilities(train: Interactions, items: np.ndarray) -> np.ndarray:
     the logQ (sampled softmax) correction. Items never seen in training get the
     smallest non-zero share so ``log q`` stays finite.
     """
-    index = {item: k for k, item in enumerate(items.tolist())}
-    counts = np.bincount(
-        [index[i] for i in train.item_id.tolist() if i in index], minlength=len(items)
-    ).astype(np.float64)
+    columns = catalog_index(items, train.item_id)
+    counts = np.bincount(columns[columns >= 0], minlength=len(items)).astype(np.float64)
     counts = np.where(counts > 0, counts, 0.5)
     return (counts / counts.sum()).astype(np.float32)
 
@@ -36,6 +35,16 @@ def item_probabilities(train: Interactions, items: np.ndarray) -> np.ndarray:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The shuffle seed of epoch ``epoch`` (0-based) of a run seeded with ``seed``."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def probability_column(item_probability: dict[str, float], item_ids: np.ndarray) -> np.ndarray:
+    """Each row's item share, ``(len(item_ids),)`` float32; an item missing from
+    ``item_probability`` gets its smallest share. O(items + rows log items), no Python
+    loop over rows."""
+    ids = np.array(list(item_probability), dtype=str)
+    shares = np.fromiter(item_probability.values(), dtype=np.float64, count=len(ids))
+    columns = catalog_index(ids, item_ids)
+    return np.where(columns >= 0, shares[columns], shares.min()).astype(np.float32)
 
 
 def make_training_dataset(
@@ -60,10 +69,7 @@ def make_training_dataset(
     if train.weight is not None:
         features["weight"] = train.weight.astype(np.float32)
     if item_probability is not None:
-        smallest = min(item_probability.values())
-        features["item_probability"] = np.array(
-            [item_probability.get(i, smallest) for i in train.item_id.tolist()], dtype=np.float32
-        )
+        features["item_probability"] = probability_column(item_probability, train.item_id)
     dataset = tf.data.Dataset.from_tensor_slices(features)
     if shuffle:
         dataset = dataset.shuffle(len(train), seed=seed, reshuffle_each_iteration=False)

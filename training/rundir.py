@@ -56,7 +56,9 @@ def read_info(run_dir: Path) -> dict[str, Any]:
         raise InputError(f"{run_dir} is not a run directory (no {RUN_INFO})")
     try:
         info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(info, dict):
         raise InputError(f"{path} is not a JSON object")

@@ -140,7 +140,7 @@ def fit(
         epoch_callbacks.append(ValidationRecall(
             split.validation, data.items, sorted(set([e.monitor_k, *e.ks])),
             seen=split.train if e.exclude_seen else None, chunk_size=e.chunk_size,
-            features=features,
+            max_users=e.validation_users, seed=t.seed, features=features,
         ))
     epoch_callbacks += [stopping, *([checkpoint] if checkpoint else [])]
     if verbose:

@@ -207,6 +207,24 @@ def broken_runs(cosine_run_dir, tmp_path_factory) -> Path:
     return root
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def markdown_table() -> str:
+    """The corpus as the README's table (regenerate: ``python tests/e2e/test_bad_input.py``)."""
+    rows = ["| case | `tfrs-cosine ...` | the one error line contains |", "|---|---|---|"]
+    for case in CASES:
+        args = " ".join(a if " " not in a else repr(a) for a in case.args)
+        args = args.replace("|", "\\|")
+        rows.append(f"| {case.id} | `{args}` | `{case.message}` |")
+    return "\n".join(rows)
+
+
+def test_readme_lists_the_corpus():
+    assert markdown_table() in README.read_text(), (
+        "README's Bad input section: regenerate with python tests/e2e/test_bad_input.py")
+
+
 def test_the_corpus_is_large_and_covers_every_command():
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
     commands = {c.args[0] for c in CASES}
@@ -240,3 +258,7 @@ def test_bad_input_exits_2_with_one_line(
     for base in (tmp_path / "m", tmp_path / "cache"):
         assert not base.exists() or not any(base.iterdir()), sorted(base.iterdir())
     assert _snapshot(cosine_run_dir) == run_before
+
+
+if __name__ == "__main__":
+    print(markdown_table())

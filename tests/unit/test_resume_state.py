@@ -20,8 +20,8 @@ from training.train import evaluate_split, fit
 
 SETTINGS = [
     "data.num_users=300", "data.num_items=60", "training.batch_size=256",
-    "training.optimizer=adam", "training.learning_rate=0.05",
-    "training.early_stopping_patience=1", "training.epochs=8",
+    "training.optimizer=adam", "training.learning_rate=0.1",
+    "training.early_stopping_patience=1", "training.epochs=10",
     "evaluation.ks=[5, 10]",
 ]
 
