@@ -121,7 +121,12 @@ class FeatureData:
 
     def _tensors(self):
         if self._lookups is None:
-            self._lookups = _Lookups(self)
+            import tensorflow as tf
+
+            # Made eagerly even when first asked for inside a graph (a ``Dataset.map``):
+            # the evaluator later uses the same tables outside it.
+            with tf.init_scope():
+                self._lookups = _Lookups(self)
         return self._lookups
 
 

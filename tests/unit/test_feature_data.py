@@ -115,6 +115,22 @@ def test_the_run_directory_features_round_trip(prepared, tmp_path):
         "history", 4, stored.serving_timestamp)
 
 
+def test_tables_first_used_inside_a_dataset_map_still_serve_the_evaluator(prepared):
+    # A fit without validation first touches the lookups in the training pipeline's
+    # Dataset.map; the final evaluation then uses them eagerly.
+    paths, config, data, split, _ = prepared
+    features = prepare_features(config, data, split, log=_quiet)
+    train = split.train
+    batch = {"user_id": train.user_id[:4], "item_id": train.item_id[:4],
+             **features.batch_columns(train.subset(np.arange(4)))}
+    joined = next(iter(tf.data.Dataset.from_tensors(batch).map(features.join)))
+    eager = features.join({k: tf.constant(v) for k, v in batch.items()})
+    for name, value in eager.items():
+        np.testing.assert_array_equal(joined[name].numpy(), value.numpy())
+    query = features.query_inputs("test")(train.user_id[:4])
+    np.testing.assert_array_equal(query["user_id"].numpy().astype(str), train.user_id[:4])
+
+
 def test_streaming_batches_carry_the_same_features_as_the_in_memory_join(tmp_path):
     paths = write_feature_data(tmp_path)
     raw = feature_config(paths)
