@@ -1,6 +1,7 @@
 """Feature models end to end: train and export through the CLI, load the export in a fresh
 process, serve it (gRPC with the official stubs, REST row and columnar, dynamic batching
-with different history lengths), query it, and the bad inputs.
+with different history lengths), query it. The bad feature inputs of ``train`` are in
+the corpus, ``tests/e2e/test_bad_input.py``.
 
 Data: ``tests/feature_tables.py`` (60 users, 45 items, user and item tables). The export
 adds a new item from ``--items`` that no training row has seen.
@@ -15,14 +16,13 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ROOT, run_cli
-from feature_tables import feature_config, write_config, write_feature_data
+from feature_tables import write_config, write_feature_data
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from export import contract
@@ -298,44 +298,3 @@ def test_query_recommend_with_raw_features(server):
     assert done.returncode == 2
     assert done.stderr.strip() == ("tfrs-cosine: error: feature age is float32: could not "
                                    "convert string to float: 'thirty'")
-
-
-# ----------------------------------------------------------------------------------------
-# bad input: one line, exit 2
-
-
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("missing-column", "user table {users} has no column 'height' for feature 'height'"),
-        ("wrong-type", "feature 'gender' is numeric but user table {users} column 'gender' "
-                       "has 'M' at row 1"),
-        ("unknown-type", "unknown feature type model.user_features.age.type = 'ordinal'"),
-        ("history-column", "model.user_features.recent.column = 'movie': a history is the "
-                           "user's earlier item ids"),
-    ],
-)
-def test_bad_feature_input_exits_2_with_one_line(tmp_path, case, message):
-    paths = write_feature_data(tmp_path / "data")
-    users = {"user_id": {"type": "id"}}
-    users.update({
-        "missing-column": {"height": {"type": "numeric"}},
-        "wrong-type": {"gender": {"type": "numeric"}},
-        "unknown-type": {"age": {"type": "ordinal"}},
-        "history-column": {"recent": {"type": "history", "column": "movie"}},
-    }[case])
-    config = feature_config(paths)
-    config["model"]["user_features"] = users
-    text = Path(tmp_path / "c.toml")
-    if case == "unknown-type":  # refused while reading the config: written by hand
-        text.write_text(f'[data]\nsource = "file"\npath = "{paths["inter"]}"\n'
-                        '[model.user_features.age]\ntype = "ordinal"\n')
-    else:
-        write_config(text, paths, user_features=users)
-    done = run_cli("train", "--config", str(text), "--run-dir", str(tmp_path / "run"))
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tfrs-cosine: error: ")
-    assert message.format(users=paths["users"]) in lines[0]
-    assert not (tmp_path / "run" / "run.json").exists() or json.loads(
-        (tmp_path / "run" / "run.json").read_text())["status"] != "complete"
