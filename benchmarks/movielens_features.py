@@ -102,7 +102,9 @@ HEADS = {
 }
 VARIANTS = ("id", "side", "history", "both")
 VARIANT_NAMES = {"id": "id only", "side": "+ side features", "history": "+ history",
-                 "both": "+ side features + history"}
+                 "both": "+ side features + history",
+                 "side_nt": "+ side features, no timestamp context",
+                 "both_nt": "+ side features + history, no timestamp context"}
 Log = Callable[[str], None]
 
 
@@ -113,11 +115,12 @@ def feature_tables(variant: str) -> dict:
     user = {"user_id": {"type": "id"}}
     item = {"item_id": {"type": "id"}}
     context: dict = {}
-    if variant in ("side", "both"):
+    if variant in ("side", "both", "side_nt", "both_nt"):
         user.update(USER_SIDE)
         item.update(ITEM_SIDE)
+    if variant in ("side", "both"):
         context = dict(CONTEXT)
-    if variant in ("history", "both"):
+    if variant in ("history", "both", "both_nt"):
         user.update(HISTORY_FEATURE)
     return {"user_features": user, "item_features": item, "query_context": context}
 
@@ -561,7 +564,11 @@ def main(argv: list[str] | None = None) -> int:
                              "dot/both and cosine/both, and the id-only rows)")
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--heads", default="dot,cosine")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"of {', '.join(VARIANT_NAMES)} (_nt: without the timestamp "
+                             "context)")
+    parser.add_argument("--full-seed-variants", default="id,both",
+                        help="variants whose rows get every seed (the others: seed 0)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/movielens_features.md"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/movielens_features.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/img/movielens_features.png"))
@@ -573,14 +580,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
-        merged = {k: v for part in parts for k, v in part["results"].items()}
+        merged: dict[str, dict] = {}
+        for part in parts:  # rows of one protocol from several runs: models appended
+            for name, result in part["results"].items():
+                if name in merged:
+                    merged[name]["models"] += result["models"]
+                else:
+                    merged[name] = result
         write_markdown(args.out, [p["header"] for p in parts], sections(merged))
         write_plot(args.plot, merged)
         log(f"wrote {args.out} and {args.plot} from {len(parts)} runs")
         return 0
     heads = tuple(args.heads.split(","))
     variants = tuple(args.variants.split(","))
-    headline = tuple((h, v) for h in heads for v in ("id", "both"))
+    headline = tuple((h, v) for h in heads for v in args.full_seed_variants.split(","))
     budget = Budget(seeds=tuple(range(args.seeds)), max_epochs=args.max_epochs, heads=heads,
                     variants=variants, full_seed_rows=None if args.all_seeds else headline)
     start = time.perf_counter()
@@ -594,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "data": data.description,
         "budget": (f"seeds {list(budget.seeds)} for "
                    + ("every model row" if args.all_seeds else
-                      "the id-only and side features + history rows; seed 0 only for the others")
+                      f"the rows of variants {args.full_seed_variants}; seed 0 only for "
+                      "the others")
                    + f"; at most {budget.max_epochs} epochs, patience {budget.patience}"),
     }
     results: dict[str, dict] = {}
