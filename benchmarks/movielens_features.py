@@ -104,7 +104,8 @@ VARIANTS = ("id", "side", "history", "both")
 VARIANT_NAMES = {"id": "id only", "side": "+ side features", "history": "+ history",
                  "both": "+ side features + history",
                  "side_nt": "+ side features, no timestamp context",
-                 "both_nt": "+ side features + history, no timestamp context"}
+                 "both_nt": "+ side features + history, no timestamp context",
+                 "side_idfree": "+ side features, id-free item tower, no timestamp context"}
 Log = Callable[[str], None]
 
 
@@ -115,9 +116,11 @@ def feature_tables(variant: str) -> dict:
     user = {"user_id": {"type": "id"}}
     item = {"item_id": {"type": "id"}}
     context: dict = {}
-    if variant in ("side", "both", "side_nt", "both_nt"):
+    if variant in ("side", "both", "side_nt", "both_nt", "side_idfree"):
         user.update(USER_SIDE)
         item.update(ITEM_SIDE)
+    if variant == "side_idfree":  # items by their features only: a new item is no different
+        del item["item_id"]
     if variant in ("side", "both"):
         context = dict(CONTEXT)
     if variant in ("history", "both", "both_nt"):
