@@ -305,7 +305,7 @@ def contract_problems(
 EXAMPLE_FEATURES = FeatureInputs(
     user=(feature_input("age", "numeric"), feature_input("gender", "categorical"),
           feature_input("occupation", "categorical"), feature_input("zip_code", "categorical")),
-    context=(feature_input("timestamp", "timestamp"),),
+    context=(),  # the shipped config has no context feature (the benchmark chose so)
     item=(feature_input("title", "text"), feature_input("release_year", "numeric"),
           feature_input("genres", "multi_categorical")),
     history_length=20,
