@@ -591,10 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         merged: dict[str, dict] = {}
-        for part in parts:  # rows of one protocol from several runs: models appended
-            for name, result in part["results"].items():
+        for part in parts:  # rows of one protocol from several runs: models appended, a
+            for name, result in part["results"].items():  # later run of a row replaces it
                 if name in merged:
-                    merged[name]["models"] += result["models"]
+                    later = {m["key"] for m in result["models"]}
+                    merged[name]["models"] = [m for m in merged[name]["models"]
+                                              if m["key"] not in later] + result["models"]
                 else:
                     merged[name] = result
         write_markdown(args.out, [p["header"] for p in parts], sections(merged))
