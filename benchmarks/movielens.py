@@ -2,6 +2,8 @@
 
     python -m benchmarks.movielens                 # the full benchmark (about 30 min, 2 cores)
     python -m benchmarks.movielens --quick --out /tmp/m.md --plot /tmp/m.png  # synthetic smoke run
+    python -m benchmarks.movielens --features      # feature towers vs EASE, item-KNN, PureSVD
+                                                   # (benchmarks.movielens_features)
 
 Protocol A (the TFRS basic retrieval tutorial): the ratings shuffled with seed 42
 (``tf.random.set_seed(42)``, ``Dataset.shuffle(100_000, seed=42,
@@ -670,6 +672,12 @@ def load(quick: bool, path: str | None) -> LoadedData:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--features" in argv:  # the feature-tower benchmark (issue 11): its own options
+        from benchmarks import movielens_features
+
+        argv.remove("--features")
+        return movielens_features.main(argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.movielens", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",

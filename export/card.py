@@ -24,15 +24,21 @@ FORMAT = "tfrs-cosine export 1"
 
 
 def describe_model(model) -> dict[str, Any]:
-    """The card's ``model`` fields of an in-memory ``TwoTowerModel`` (tower layout, head)."""
-    return {
+    """The card's ``model`` fields of an in-memory ``TwoTowerModel`` (tower layout, head;
+    a feature tower's features instead of an embedding width)."""
+    fields: dict[str, Any] = {
         "head": model.head.kind,
         "learn_temperature": bool(model.head.learn_temperature),
         "layer_norm": bool(model.user_tower.layer_norm),
-        "embedding_dim": int(model.user_tower.embedding_dim),
-        "user_tower_layers": list(model.user_tower.hidden_layers),
-        "item_tower_layers": list(model.item_tower.hidden_layers),
     }
+    if not hasattr(model.user_tower, "input_names"):  # IdTowers: the fields as ever
+        fields["embedding_dim"] = int(model.user_tower.embedding_dim)
+    fields["user_tower_layers"] = list(model.user_tower.hidden_layers)
+    fields["item_tower_layers"] = list(model.item_tower.hidden_layers)
+    for side, tower in (("user", model.user_tower), ("item", model.item_tower)):
+        if hasattr(tower, "input_names"):  # a FeatureTower
+            fields[f"{side}_tower_features"] = list(tower.input_names)
+    return fields
 
 
 def model_card(
@@ -43,8 +49,10 @@ def model_card(
 ) -> dict[str, Any]:
     """The card of an export of ``tables`` (``EmbeddingTables``) made with ``options``.
 
-    ``extra`` adds fields (its ``model`` entry is merged into the card's ``model``).
+    ``extra`` adds fields (its ``model`` entry is merged into the card's ``model``; a
+    feature model's ``features`` entry, ``FeatureExport.card``, decides the signatures).
     """
+    features = contract.FeatureInputs.from_card(extra)
     sizes = options.sizes(tables.dim)
     model = {"head": tables.head, "temperature": tables.temperature, "output_dim": sizes["d"]}
     model.update(extra.get("model", {}))
@@ -57,7 +65,7 @@ def model_card(
         "num_items": len(tables.items),
         "num_users": len(tables.users),
         "index": index_card,
-        "signatures": list(contract.SIGNATURE_NAMES),
+        "signatures": list(contract.signatures_for(features)),
         "scores": "cosine similarity (without temperature)"
         if tables.head == "cosine"
         else "dot product (without temperature)",

@@ -2,6 +2,7 @@
 
     tfrs-cosine export RUN_DIR --model-base-path models/NAME [--version N]
         [--index scann|brute-force] [--k 100] [--min-recall 0.95] [--top-dimensions 5]
+        [--exclude-seen | --no-exclude-seen] [--max-seen 1000] [--items FILE]
 
 Registered by ``training.cli`` through ``register(subparsers)``. The flags' defaults are
 ``ExportOptions()``'s. The options, the run directory and the target are checked before
@@ -20,7 +21,8 @@ from export.options import INDEX_KINDS, ExportOptions
 
 DEFAULTS = ExportOptions()
 # ExportOptions fields set by a flag of the same name (dashes for underscores).
-FLAGS = ("version", "index", "k", "min_recall", "top_dimensions")
+FLAGS = ("version", "index", "k", "min_recall", "top_dimensions", "exclude_seen", "max_seen",
+         "items")
 
 
 def options_from(args: argparse.Namespace) -> ExportOptions:
@@ -40,6 +42,11 @@ def _export(args: argparse.Namespace) -> int:
 
     options = options_from(args)
     checked = source.check_run(args.run_dir)
+    options.check_model(checked.feature_model)
+    if options.items is not None and not Path(options.items).exists():
+        from export.errors import ExportError
+
+        raise ExportError(f"--items: item table not found: {options.items}")
     options.check_catalog(checked.num_items)
     resolve_version(args.model_base_path, options.version)
 
@@ -84,5 +91,20 @@ def register(subparsers) -> None:
     p.add_argument(
         "--top-dimensions", type=int, default=DEFAULTS.top_dimensions,
         help="dimensions per explanation, capped at the embedding width (default %(default)s)",
+    )
+    p.add_argument(
+        "--exclude-seen", action=argparse.BooleanOptionalAction, default=DEFAULTS.exclude_seen,
+        help="never return a user's training items (recommend: nor the request's history); "
+        "default on for feature models; id-only runs store no training items",
+    )
+    p.add_argument(
+        "--max-seen", type=int, default=DEFAULTS.max_seen,
+        help="training items stored per user for --exclude-seen, the most recent "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--items", metavar="FILE", default=DEFAULTS.items,
+        help="an item table (data.item_features' format): index every item in it, new ones "
+        "embedded by the item tower from their features (feature models)",
     )
     p.set_defaults(func=_export)

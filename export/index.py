@@ -27,7 +27,7 @@ import numpy as np
 from export.errors import ExportError
 from export.options import ExportOptions
 from export.plan import IndexPlan, plan_index
-from export.recall import exact_top_k, recall_at_k
+from export.recall import PADDING_SCORE, exact_top_k, recall_at_k
 
 if TYPE_CHECKING:
     from export.tables import EmbeddingTables
@@ -197,3 +197,35 @@ def prepare_indexes(
     user = PreparedIndex(compared, user_searcher, plan)
     similar = user if cosine else PreparedIndex(unit_items, similar_searcher, plan)
     return PreparedIndexes(user, similar, card)
+
+
+def sample_recall(
+    index: PreparedIndex | None,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    k_search: int,
+    exact_scores: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None = None,
+    excluded: list[np.ndarray] | None = None,
+) -> float:
+    """Recall@k the in-memory ScaNN searcher reaches on these queries (1 for brute force);
+    ``excluded`` (per query, candidate rows) are searched past and dropped as the graph does."""
+    if index is None or index.kind != "scann":
+        return 1.0
+    if excluded is not None:
+        widest = max((len(e) for e in excluded), default=0)
+        k_search = min(k_search + widest, len(candidates))
+    found = scann_search(index.searcher, queries, k_search, index.plan)
+    if exclude is not None or excluded is not None:
+        drop = (found == exclude[:, None]) if exclude is not None else np.zeros(found.shape, bool)
+        if excluded is not None:
+            drop |= np.stack([np.isin(f, e) for f, e in zip(found, excluded, strict=True)])
+        found = np.where(drop, -1, found)
+        order = np.argsort(found < 0, axis=1, kind="stable")  # drop the excluded
+        found = np.take_along_axis(found, order, axis=1)[:, :k]
+    scores = exact_scores[:, :k]
+    rows = np.isfinite(scores).all(1) & (scores > PADDING_SCORE).all(1)
+    if not rows.any():
+        return 1.0
+    return recall_at_k(queries[rows], candidates, found[rows], scores[rows])

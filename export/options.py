@@ -43,6 +43,12 @@ class ExportOptions:
       verify: load the export in a fresh process and compare every signature with the
         in-memory values (``export.verify``) before publishing it.
       seed: seeds the recall and verification samples.
+      exclude_seen: never return a user's training items (``serving_default``, and with
+        ``recommend`` also the request's history items); None: on for feature models,
+        off for id-only models (whose runs store no training items).
+      max_seen: training items stored per user for ``exclude_seen`` (the most recent).
+      items: an item table (``data.item_features``' format) whose every item is indexed,
+        embedded by the item tower from its features (feature models only).
     """
 
     version: int | None = None
@@ -54,6 +60,9 @@ class ExportOptions:
     recall_sample: int = 1000
     verify: bool = True
     seed: int = 0
+    exclude_seen: bool | None = None
+    max_seen: int = 1000
+    items: str | None = None
 
     def __post_init__(self):
         if self.version is not None and not (_is_int(self.version) and self.version >= 1):
@@ -76,6 +85,23 @@ class ExportOptions:
             raise ExportError(f"recall_sample must be an integer >= 1, got {self.recall_sample!r}")
         if self.plan is not None and self.index != "scann":
             raise ExportError("a ScaNN plan was given for a brute-force index")
+        if not (_is_int(self.max_seen) and self.max_seen >= 1):
+            raise ExportError(f"--max-seen must be an integer >= 1, got {self.max_seen!r}")
+
+    def check_model(self, feature_model: bool) -> None:
+        """Raises ``ExportError`` for options an id-only model cannot honour."""
+        if feature_model:
+            return
+        if self.exclude_seen:
+            raise ExportError(
+                "--exclude-seen needs a feature model: an id-only run stores no training "
+                "items (train with [model.user_features] / [model.item_features])"
+            )
+        if self.items is not None:
+            raise ExportError(
+                "--items needs a model with item features: an id-only item tower cannot "
+                "embed an item it was not trained on"
+            )
 
     def check_catalog(self, num_items: int) -> None:
         """Raises ``ExportError`` when these options cannot serve a catalog of ``num_items``."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+PADDING_SCORE = float(np.finfo(np.float32).min)  # score of a slot with no item
+
 
 def exact_top_k(
     queries: np.ndarray, candidates: np.ndarray, k: int, chunk_size: int = 256
@@ -62,3 +64,21 @@ def recall_at_k(
         duplicate[first] = False
         hits[row] &= ~duplicate
     return float(hits.sum() / found.size)
+
+
+def exact_top_k_excluding(
+    queries: np.ndarray, candidates: np.ndarray, k: int, excluded: list[np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``exact_top_k`` leaving out ``excluded[r]`` (candidate rows) of each query ``r``;
+    slots left empty hold row -1 and ``PADDING_SCORE``."""
+    if excluded is None:
+        return exact_top_k(queries, candidates, k)
+    scores = queries @ candidates.T
+    for row, rows in enumerate(excluded):
+        scores[row, rows[rows >= 0]] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores),
+                       axis=1)[:, :k]
+    top = np.take_along_axis(scores, order, axis=1)
+    empty = ~np.isfinite(top)
+    return (np.where(empty, PADDING_SCORE, top).astype(np.float32),
+            np.where(empty, -1, order).astype(np.int64))

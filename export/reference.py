@@ -22,10 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from export.errors import ExportError
-from export.index import PreparedIndex, PreparedIndexes, scann_search
+from export.feature_model import FeatureExport
+from export.feature_reference import features_reference
+from export.index import PreparedIndexes, sample_recall
 from export.options import ExportOptions
-from export.recall import exact_top_k, recall_at_k
-from export.searchers import PADDING_SCORE
+from export.recall import PADDING_SCORE, exact_top_k, exact_top_k_excluding
 from export.tables import EmbeddingTables, oov_id
 from tfrs_cosine import explain
 from tfrs_cosine.heads import ScoringHead
@@ -39,12 +40,15 @@ def reference(
     indexes: PreparedIndexes | None = None,
     sample: int = 32,
     items_per_user: int = 6,
+    features: FeatureExport | None = None,
 ) -> dict[str, np.ndarray]:
     """Expected outputs of every signature on sampled ids (plus one unknown id each).
 
     With ScaNN ``indexes``, also the recall@K the in-memory searchers reach on these very
     ids: the loaded index must match it (a 33-user sample is too small to hold against
-    ``min_recall`` itself, which was enforced on ``recall_sample`` users).
+    ``min_recall`` itself, which was enforced on ``recall_sample`` users). A feature
+    model's top-K leaves out each user's stored training items when it excludes them,
+    and ``features_reference`` adds ``recommend``, ``embed_items`` and ``because_*``.
     """
     num_users, num_items = len(tables.users), len(tables.items)
     k, m = options.k, options.sizes(tables.dim)["m"]
@@ -59,7 +63,10 @@ def reference(
     normalize = head_layer.normalize
     queries = normalize(tf.constant(tables.user_vectors[user_rows])).numpy()
     catalog = normalize(tf.constant(tables.item_vectors[1:])).numpy()
-    top_scores, top_rows = exact_top_k(queries, catalog, k)
+    excluded = None
+    if features is not None and features.exclude_seen:
+        excluded = [features.seen_of(r - 1) if r else np.zeros(0, np.int64) for r in user_rows]
+    top_scores, top_rows = exact_top_k_excluding(queries, catalog, k, excluded)
 
     unit_catalog = tables.unit(tables.item_vectors[1:])
     item_queries = tables.unit(tables.item_vectors[item_rows])
@@ -107,10 +114,11 @@ def reference(
         "explain_item_ids": explain_ids,
         "explain_known_items": explain_rows > 0,
         "expected_serving_recall": np.float32(
-            _sample_recall(indexes and indexes.user, queries, catalog, k, top_scores, k)
+            sample_recall(indexes and indexes.user, queries, catalog, k, top_scores, k,
+                           excluded=excluded)
         ),
         "expected_similar_recall": np.float32(
-            _sample_recall(
+            sample_recall(
                 indexes and indexes.similar, item_queries, unit_catalog, k_similar, sim_scores, k,
                 exclude=item_rows - 1,
             )
@@ -121,31 +129,12 @@ def reference(
         if name == "cosine_is_training_objective":
             value = np.full(len(user_rows), bool(value))
         result[f"explain_{name}"] = value
+    if features is not None:
+        result.update(features_reference(
+            features, tables, head_layer, options, rng, user_rows, item_rows, explain_rows,
+            result, indexes,
+        ))
     return result
-
-
-def _sample_recall(
-    index: PreparedIndex | None,
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    k_search: int,
-    exact_scores: np.ndarray,
-    k: int,
-    exclude: np.ndarray | None = None,
-) -> float:
-    """Recall@k the in-memory ScaNN searcher reaches on these queries (1 for brute force)."""
-    if index is None or index.kind != "scann":
-        return 1.0
-    found = scann_search(index.searcher, queries, k_search, index.plan)
-    if exclude is not None:
-        found = np.where(found == exclude[:, None], -1, found)
-        order = np.argsort(found < 0, axis=1, kind="stable")  # drop the item itself
-        found = np.take_along_axis(found, order, axis=1)[:, :k]
-    scores = exact_scores[:, :k]
-    rows = np.isfinite(scores).all(1) & (scores > PADDING_SCORE).all(1)
-    if not rows.any():
-        return 1.0
-    return recall_at_k(queries[rows], candidates, found[rows], scores[rows])
 
 
 def verify_in_fresh_process(
@@ -190,10 +179,11 @@ def run_verification(
     export_dir: Path,
     scratch: Path,
     log: Callable[[str], None],
+    features: FeatureExport | None = None,
 ) -> dict[str, Any]:
     """The reference, then the fresh-process verification; the model card's summary of it."""
     log("export: verifying in a fresh Python process")
-    expected = reference(tables, head_layer, options, rng, indexes)
+    expected = reference(tables, head_layer, options, rng, indexes, features=features)
     report = verify_in_fresh_process(export_dir, expected, scratch, options.min_recall)
     keys = ("checks", "serving_recall_at_k", "similar_items_recall_at_k", "seconds")
     return {key: report[key] for key in keys if key in report}

@@ -25,13 +25,16 @@ import tensorflow as tf
 
 from export import card as card_lib
 from export import source
+from export.errors import ExportError
+from export.feature_model import FeatureExport
+from export.feature_signatures import build_feature_module
 from export.index import prepare_indexes
 from export.options import ExportOptions
 from export.reference import run_verification
 from export.signatures import build_module
 from export.tables import EmbeddingTables
 from export.versions import Staging, resolve_version
-from tfrs_cosine import TwoTowerModel
+from tfrs_cosine import FeatureTower, TwoTowerModel
 from tfrs_cosine.heads import ScoringHead
 
 Log = Callable[[str], None]
@@ -46,6 +49,7 @@ def export_tables(
     card: dict[str, Any] | None = None,
     head_layer: ScoringHead | None = None,
     log: Log = print,
+    features: FeatureExport | None = None,
 ) -> Path:
     """Exports precomputed tower outputs to ``model_base_path/<version>/``; returns that path.
 
@@ -57,6 +61,8 @@ def export_tables(
       head_layer: the in-memory model's head for the verification reference (default: a
         head rebuilt from ``tables``).
       log: receives one line per phase.
+      features: a feature model's export (``export.feature_model``): its towers go into
+        the graph (``export.feature_signatures``), ``tables`` are their outputs.
 
     Raises:
       ExportError: bad options, an existing version, a base path that is a file, recall
@@ -74,19 +80,26 @@ def export_tables(
     indexes = prepare_indexes(tables, options, rng, log)
     with Staging(base, version, log) as staging:
         log(f"export: writing the SavedModel to {staging.path}")
-        module, signatures = build_module(tables, indexes, options, staging.scratch)
+        if features is None:
+            module, signatures = build_module(tables, indexes, options, staging.scratch)
+        else:
+            module, signatures = build_feature_module(features, tables, indexes, options,
+                                                      staging.scratch)
         save_options = tf.saved_model.SaveOptions(
             namespace_whitelist=["Scann"] if options.index == "scann" else None
         )
         tf.saved_model.save(module, str(staging.saved_model), signatures=signatures, options=save_options)
         del module, signatures
 
-        model_card = card_lib.model_card(tables, options, indexes.card, card or {})
+        extra = dict(card or {})
+        if features is not None:
+            extra["features"] = features.card()
+        model_card = card_lib.model_card(tables, options, indexes.card, extra)
         card_lib.write_card(staging.saved_model, model_card)
         if options.verify:
             model_card["verification"] = run_verification(
                 tables, head_layer or tables.head_layer(), options, rng, indexes,
-                staging.saved_model, staging.scratch, log,
+                staging.saved_model, staging.scratch, log, features,
             )
         model_card["export_seconds"] = round(time.perf_counter() - started, 2)
         model_card["size_bytes"] = card_lib.directory_bytes(staging.saved_model)
@@ -111,6 +124,11 @@ def export_model(
     The towers are run once over every id (and the out-of-vocabulary row); the export
     serves those outputs, so it answers exactly as the model does for id features.
     """
+    if isinstance(model.user_tower, FeatureTower) or isinstance(model.item_tower, FeatureTower):
+        raise ExportError(
+            "a feature model is exported from its run directory (export_savedmodel): its "
+            "stored features, histories and catalog features are there"
+        )
     options.check_catalog(len(items))
     resolve_version(Path(model_base_path), options.version)  # before the towers run
     tables = EmbeddingTables.from_model(model, users, items)
@@ -136,11 +154,34 @@ def export_savedmodel(
     """
     checked = source.check_run(run_dir)
     # Cheap checks first: nothing is loaded for a bad K, version or base path.
+    options.check_model(checked.feature_model)
     options.check_catalog(checked.num_items)
     resolve_version(Path(model_base_path), options.version)
     log(f"export: loading {run_dir}")
     run = source.load_run(run_dir)
+    if run.features is not None:
+        return export_feature_run(run, model_base_path, options, log=log)
     return export_model(
         run.model, run.users, run.items, model_base_path, options,
         card=source.card_fields(run), log=log,
     )
+
+
+def export_feature_run(
+    run, model_base_path: str | Path, options: ExportOptions = DEFAULT_OPTIONS, *, log: Log = print
+) -> Path:
+    """Exports a feature run (``training.modeling.load_run`` of a run with ``features/``):
+    both towers in the graph, the stored query side, the catalog with ``options.items``."""
+    features = FeatureExport.from_run(run, options)
+    options.check_catalog(len(features.items))
+    log(
+        f"export: feature model: {len(features.users):,} stored users, {len(features.items):,} "
+        f"items ({features.new_items:,} new from --items); exclude seen: "
+        f"{'on, at most ' + str(features.max_seen) + ' items per user' if features.exclude_seen else 'off'}"
+        + (f" ({features.truncated_users:,} users have more)" if features.truncated_users else "")
+    )
+    tables = features.tables()
+    card = source.card_fields(run)
+    card["model"] = card_lib.describe_model(run.model)
+    return export_tables(tables, model_base_path, options, card=card, head_layer=run.model.head,
+                         log=log, features=features)

@@ -22,8 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.index import PreparedIndex
-
-PADDING_SCORE = float(np.finfo(np.float32).min)  # score of a slot with no item
+from export.recall import PADDING_SCORE
 
 
 class BruteForceSearcher:
@@ -70,11 +69,24 @@ class ScannSearcher:
             shared_name=self.shared_name,
         )
         indices, distances = scann_ops.ScannSearcher(handle).search_batched_parallel(
-            queries, **self.plan.search_parameters(k)
+            queries, **self._parameters(k)
         )
         # ScaNN pads with index 0 and a NaN distance when it finds fewer than k; with
         # "dot_product" its distances are the dot products themselves, best first.
         return tf.cast(indices, tf.int64), distances, tf.math.is_finite(distances)
+
+
+    def _parameters(self, k) -> dict:
+        """The plan's search parameters for ``k``: a Python int, or a scalar int32 tensor
+        (a request-dependent K + exclusions; the ScaNN op takes tensors)."""
+        if isinstance(k, int):
+            return self.plan.search_parameters(k)
+        plan = self.plan
+        return {
+            "final_num_neighbors": k,
+            "pre_reorder_num_neighbors": tf.maximum(k, plan.reorder) if plan.reorder else -1,
+            "leaves_to_search": plan.leaves_to_search if plan.num_leaves else -1,
+        }
 
 
 def make_searcher(owner: tf.Module, name: str, prepared: PreparedIndex):
@@ -147,6 +159,18 @@ def cut_top_k(
     )
 
 
+def is_member(values: tf.Tensor, sets: tf.Tensor) -> tf.Tensor:
+    """Whether each of ``values (b, m)`` is in its row of ``sets (b,)`` or ``(b, E)``
+    (int64; -1 pads); ``(b, m)`` bool."""
+    if sets.shape.rank == 1:
+        return tf.equal(values, sets[:, tf.newaxis])
+    sentinel = tf.fill([tf.shape(sets)[0], 1], tf.constant(-2, sets.dtype))  # E >= 1
+    ordered = tf.sort(tf.concat([sets, sentinel], axis=1), axis=1)
+    position = tf.searchsorted(ordered, values, side="left")
+    position = tf.minimum(position, tf.shape(ordered, out_type=position.dtype)[1] - 1)
+    return tf.equal(tf.gather(ordered, position, batch_dims=1), values)
+
+
 def rescore_top_k(
     queries: tf.Tensor,
     indices: tf.Tensor,
@@ -161,14 +185,15 @@ def rescore_top_k(
       queries: ``(b, d)`` prepared queries.
       indices: ``(b, m)`` candidate catalog rows; ``valid`` ``(b, m)`` marks real ones.
       vectors_of: catalog rows ``(b, m)`` -> prepared vectors ``(b, m, d)``.
-      exclude: ``(b,)`` a catalog row to drop from each row's candidates (or -1).
+      exclude: ``(b,)`` a catalog row to drop from each row's candidates, or ``(b, E)``
+        rows (-1 pads); membership by a sort and a binary search, O(b (E + m) log E).
 
     Returns:
       ``indices (b, k)`` int64 (-1 for padding), ``scores (b, k)`` float32
       (``PADDING_SCORE`` for padding), ``valid (b, k)``.
     """
     if exclude is not None:
-        valid = valid & tf.not_equal(indices, exclude[:, tf.newaxis])
+        valid = valid & ~is_member(indices, exclude)
     shortfall = tf.maximum(k - tf.shape(indices)[1], 0)
     indices = tf.pad(indices, [[0, 0], [0, shortfall]], constant_values=-1)
     valid = tf.pad(valid, [[0, 0], [0, shortfall]], constant_values=False)

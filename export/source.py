@@ -18,6 +18,7 @@ from typing import Any
 from export.errors import ExportError
 from training import rundir
 from training.errors import InputError
+from training.feature_spec import uses_features
 
 
 @contextmanager
@@ -43,6 +44,7 @@ class CheckedRun:
     info: dict[str, Any]
     num_users: int
     num_items: int
+    feature_model: bool = False
 
 
 def check_run(run_dir: str | Path) -> CheckedRun:
@@ -64,7 +66,7 @@ def check_run(run_dir: str | Path) -> CheckedRun:
             "only complete runs are exported"
         )
     with _reading(run_dir / rundir.CONFIG):
-        rundir.read_config(run_dir)
+        config = rundir.read_config(run_dir)
     sizes = {}
     for name in ("users", "items"):
         path = run_dir / "vocab" / f"{name}.txt"
@@ -72,7 +74,7 @@ def check_run(run_dir: str | Path) -> CheckedRun:
             ids = rundir.read_vocabulary(run_dir, name)
         check_vocabulary(ids, f"vocabulary {path}")
         sizes[name] = len(ids)
-    return CheckedRun(run_dir, info, sizes["users"], sizes["items"])
+    return CheckedRun(run_dir, info, sizes["users"], sizes["items"], uses_features(config.model))
 
 
 def check_vocabulary(ids: list[str], where: str) -> None:

@@ -200,13 +200,26 @@ def _recall_floor(reference: dict, key: str, min_recall: float) -> float:
 
 
 def _call(loaded, signature: contract.Signature, *inputs) -> dict[str, np.ndarray]:
-    """``signature`` of a loaded export on ``inputs`` (in the contract's order), as numpy."""
+    """``signature`` of a loaded export on ``inputs`` (in the contract's order; inputs
+    left out, a feature model's features, get ``""`` or 0 per row), as numpy."""
+    arguments = dict(zip(signature.input_names, inputs, strict=False))
+    return _call_named(loaded, signature.name, arguments)
+
+
+def _call_named(loaded, name: str, arguments: dict) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
-    arguments = {
-        spec.name: tf.constant(value) for spec, value in zip(signature.inputs, inputs, strict=True)
-    }
-    outputs = loaded.signatures[signature.name](**arguments)
+    function = loaded.signatures[name]
+    _, specs = function.structured_input_signature
+    batch = len(next(iter(arguments.values())))
+    tensors = {}
+    for key, spec in specs.items():
+        if key in arguments:
+            tensors[key] = tf.constant(arguments[key], spec.dtype)
+        else:
+            shape = [batch] + [1 if d is None else d for d in spec.shape[1:]]
+            tensors[key] = tf.fill(shape, "") if spec.dtype == tf.string else tf.zeros(shape, spec.dtype)
+    outputs = function(**tensors)
     return {key: value.numpy() for key, value in outputs.items()}
 
 
@@ -261,6 +274,29 @@ def _smoke(checks: _Checks, loaded, export_dir: Path, card: dict, sizes: dict[st
     for signature, ids in ((EMBED_USERS, users), (EMBED_ITEMS, items)):
         vectors = _call(loaded, signature, ids)["embeddings"]
         checks.require(vectors.shape == (len(ids), d), f"{signature.name} shape")
+    if contract.FeatureInputs.from_card(card) is not None:
+        _smoke_features(checks, loaded, users, items, k, m)
+
+
+def _smoke_features(checks: _Checks, loaded, users: list[str], items: list[str], k: int, m: int):
+    """A feature export's ``recommend`` (exclusions honoured) and ``because`` shapes."""
+    top = _decode(_call(loaded, SERVING_DEFAULT, users)["item_ids"])
+    exclude = top[:, :3]
+    out = _call_named(loaded, contract.RECOMMEND_NAME, {
+        contract.USER_ID.name: users, contract.HISTORY.name: [["", items[0]]] * len(users),
+        contract.EXCLUDE_ITEM_IDS.name: exclude,
+    })
+    got = _decode(out["item_ids"])
+    checks.require(got.shape == (len(users), k), "recommend shape")
+    checks.require(
+        not any((set(exclude[r]) - {""}) & set(got[r]) for r in range(len(users))),
+        "recommend never returns exclude_item_ids",
+    )
+    out = _call(loaded, EXPLAIN, users, [items] * len(users))
+    checks.require(
+        out[contract.BECAUSE_ITEM_IDS.name].shape == (len(users), len(items), m),
+        "explain because_item_ids shape",
+    )
 
 
 def exact_index(index_card: dict[str, Any]) -> bool:
@@ -318,6 +354,8 @@ def _against_reference(checks: _Checks, loaded, reference: dict, card: dict, min
         (EMBED_USERS, reference["user_ids"], reference["user_embeddings"]),
         (EMBED_ITEMS, reference["item_ids"], reference["item_embeddings"]),
     ):
+        if signature is EMBED_ITEMS and "recommend_item_ids" in reference:
+            continue  # a feature model's embed_items takes features: checked below
         vectors = _call(loaded, signature, ids)["embeddings"]
         checks.close(vectors, expected, f"{signature.name} equal to the in-memory model")
 
@@ -339,6 +377,58 @@ def _against_reference(checks: _Checks, loaded, reference: dict, card: dict, min
     checks.require(
         bool(np.all(~swapped | ties)), "explain top_dimensions equal to tfrs_cosine.explain"
     )
+    if "recommend_item_ids" in reference:
+        report.update(_against_feature_reference(checks, loaded, reference, card, min_recall, out))
+    return report
+
+
+def _inputs(reference: dict, prefix: str) -> dict[str, np.ndarray]:
+    return {key[len(prefix):]: value for key, value in reference.items() if key.startswith(prefix)}
+
+
+def _against_feature_reference(checks: _Checks, loaded, reference: dict, card: dict,
+                               min_recall: float, explained: dict) -> dict[str, Any]:
+    """``recommend``, ``embed_items`` and ``because`` of a feature export."""
+    report: dict[str, Any] = {}
+    exact = card["index"]["type"] == "brute-force"
+    request = _inputs(reference, "recommend_input:")
+    out = _call_named(loaded, contract.RECOMMEND_NAME, request)
+    got_ids, got_scores = _decode(out["item_ids"]), out["scores"]
+    ref_ids, ref_scores = reference["recommend_item_ids"], reference["recommend_scores"]
+    checks.close(out["known_user"], reference["recommend_known_user"], "recommend known_user")
+    if exact:
+        ok, detail = _ranking_matches(got_ids, got_scores, ref_ids, ref_scores)
+        checks.require(ok, "recommend top-K identical to the in-memory model", detail)
+        known = int(reference["recommend_known_rows"])
+        same, detail = _ranking_matches(got_ids[:known], got_scores[:known],
+                                        reference["top_item_ids"][:known],
+                                        reference["top_scores"][:known])
+        checks.require(same, "recommend on stored features equals serving_default", detail)
+    else:
+        recall = _recall(got_ids, got_scores, ref_ids, ref_scores)
+        report["recommend_recall_at_k"] = round(recall, 5)
+        floor = _recall_floor(reference, "expected_recommend_recall", min_recall)
+        checks.require(recall >= floor, "recommend recall@K", f"{recall:.4f} < {floor:.4f}")
+    excluded = request[contract.EXCLUDE_ITEM_IDS.name]
+    checks.require(
+        all(not (set(excluded[r]) - {""}) & set(got_ids[r]) for r in range(len(got_ids))),
+        "recommend never returns exclude_item_ids",
+    )
+    if card["features"].get("exclude_seen"):
+        history = request[contract.HISTORY.name]
+        checks.require(
+            all(not (set(history[r]) - {""}) & set(got_ids[r]) for r in range(len(got_ids))),
+            "recommend never returns the request's history (exclude_seen)",
+        )
+    vectors = _call_named(loaded, EMBED_ITEMS.name, _inputs(reference, "embed_items_input:"))
+    checks.close(vectors["embeddings"], reference["item_embeddings"],
+                 "embed_items on raw features equal to the in-memory item tower")
+    because = contract.BECAUSE_COSINE.name
+    checks.close(explained[because], reference["because_cosine"],
+                 "explain because_cosine equal to the item tables", 1e-4)
+    swapped = _decode(explained[contract.BECAUSE_ITEM_IDS.name]) != reference["because_item_ids"]
+    ties = np.isclose(explained[because], reference["because_cosine"], atol=1e-4)
+    checks.require(bool(np.all(~swapped | ties)), "explain because_item_ids equal (up to ties)")
     return report
 
 
@@ -355,8 +445,9 @@ def verify(
     checks = _Checks()
     report: dict[str, Any] = {"export": str(export_dir), "index": card["index"]["type"]}
 
+    features = contract.FeatureInputs.from_card(card)
     metadata = signature_metadata(export_dir)
-    problems = contract.contract_problems(metadata, sizes)
+    problems = contract.contract_problems(metadata, sizes, features)
     checks.require(not problems, "signature names, dtypes and shapes", "; ".join(problems))
 
     # Before any custom op is loaded here: what a TF process without ScaNN cannot run.
@@ -374,7 +465,8 @@ def verify(
     load_started = time.perf_counter()
     loaded = tf.saved_model.load(str(export_dir))
     report["load_seconds"] = round(time.perf_counter() - load_started, 3)
-    checks.require(set(loaded.signatures) == set(contract.SIGNATURES), "signatures load")
+    checks.require(set(loaded.signatures) == set(contract.signatures_for(features)),
+                   "signatures load")
 
     _smoke(checks, loaded, export_dir, card, sizes)
     if reference is not None:

@@ -102,10 +102,19 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
     p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
     queries = p.add_subparsers(dest="query", required=True, metavar="QUERY")
-    q = queries.add_parser("recommend", help="top-K items for a user")
-    q.add_argument("user")
+    q = queries.add_parser(
+        "recommend", help="top-K items for a user (or, with --history/--feature/--exclude, "
+        "for raw query features: a feature model's recommend signature)",
+    )
+    q.add_argument("user", nargs="?", default=None,
+                   help="user id (with raw features it may be unknown or left out)")
     q.add_argument("--explain", action="store_true", help="add cosine, dot, norms, dimensions")
     q.add_argument("--top", type=int, help="show only the first N rows")
+    q.add_argument("--history", metavar="I1,I2,...", help="recent item ids, oldest first")
+    q.add_argument("--feature", action="append", default=[], metavar="NAME=VALUE",
+                   help="a user or context feature (repeatable; a list feature's values "
+                   "separated by commas)")
+    q.add_argument("--exclude", metavar="I1,I2,...", help="item ids never to return")
     q = queries.add_parser("similar", help="most similar items (cosine) to an item")
     q.add_argument("item")
     q.add_argument("--top", type=int, help="show only the first N rows")
@@ -203,10 +212,24 @@ def _client(args: argparse.Namespace):
 
 
 def _query(args: argparse.Namespace) -> int:
-    client = _client(args)
     if args.query == "recommend":
-        print(recommend_table(client, args.user, explain=args.explain, top=args.top))
-    elif args.query == "similar":
+        raw = bool(args.history or args.feature or args.exclude)
+        if raw and args.explain:
+            raise ServingError("--explain explains a stored user; it cannot be combined with "
+                               "--history, --feature or --exclude")
+        if not raw and args.user is None:
+            raise ServingError("query recommend needs a USER (or raw query features: "
+                               "--history, --feature, --exclude)")
+        features = _parse_features(args.feature)
+        client = _client(args)
+        if raw:
+            print(recommend_for_table(client, args.user or "", features, _items(args.history),
+                                      _items(args.exclude), top=args.top))
+        else:
+            print(recommend_table(client, args.user, explain=args.explain, top=args.top))
+        return 0
+    client = _client(args)
+    if args.query == "similar":
         print(similar_table(client, args.item, top=args.top))
     elif args.query == "status":
         for entry in client.status():
@@ -276,6 +299,47 @@ def recommend_table(client, user: str, explain: bool = False, top: int | None = 
     )
     if not faithful:
         lines.append(FAITHFULNESS_WARNING)
+    return "\n".join(lines)
+
+
+def _items(text: str | None) -> list[str]:
+    return [v.strip() for v in (text or "").split(",") if v.strip()]
+
+
+def _parse_features(pairs: Sequence[str]) -> dict[str, object]:
+    """``NAME=VALUE`` flags -> {name: value}; a value with commas is a list. The client
+    converts each to its input's dtype (and names a value that does not convert)."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ServingError(f"--feature expects NAME=VALUE, got {pair!r}")
+        if name.strip() in out:
+            raise ServingError(f"--feature {name.strip()} is given twice")
+        out[name.strip()] = _items(value) if "," in value else value.strip()
+    return out
+
+
+def recommend_for_table(client, user: str, features: dict, history: list[str],
+                        exclude: list[str], top: int | None = None) -> str:
+    """The readable answer of ``query recommend`` with raw query features."""
+    result = client.recommend_for(user, features=features, history=history, exclude=exclude)
+    items = [str(i) for i in result["item_ids"][0] if str(i)]
+    scores = [float(s) for s in result["scores"][0]][: len(items)]
+    if top is not None:
+        items, scores = items[:top], scores[:top]
+    version = f" version {result.model_version}" if result.model_version else ""
+    who = f"user {user}" if user else "a new user"
+    lines = [f"{who}: top {len(items)} items (model {client.model_name}{version}, "
+             f"recommend on raw features)"]
+    described = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in features.items()]
+    lines.append(f"history: {', '.join(history) or '(none)'}; features: "
+                 f"{' '.join(described) or '(none)'}; excluded: {', '.join(exclude) or '(none)'}")
+    if user and not bool(result["known_user"][0]):
+        lines.append(f"note: user {user} is not stored in the export; its features and "
+                     "history are all the model sees")
+    rows = [[str(r + 1), item, f"{s:.4f}"] for r, (item, s) in enumerate(zip(items, scores, strict=True))]
+    lines.append(_table(["rank", "item", "score"], rows))
     return "\n".join(lines)
 
 

@@ -10,6 +10,10 @@ Signature, input and output names come from ``export.contract`` (docs/architectu
 
 - ``recommend(user_ids)`` -> ``serving_default``: ``item_ids (b, K)``, ``scores (b, K)``,
   ``known_user (b,)``;
+- ``recommend_for(user_id, features=..., history=..., exclude=...)`` -> a feature model's
+  ``recommend`` for one raw query (``(1, K)`` outputs): the input names and dtypes come
+  from the server's metadata (``GetModelMetadata``), so a missing or unknown feature or a
+  value of the wrong type is refused here, naming it;
 - ``explain(user_id, item_ids)`` -> ``explain`` for one user and n items: ``cosine``,
   ``dot``, ``score``, ``item_norms``, ``known_items`` ``(n,)``; ``top_dimensions``,
   ``contributions`` ``(n, m)``; ``user_norm``, ``known_user``,
@@ -40,6 +44,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from export import contract
 from export.contract import EMBED_ITEMS, EMBED_USERS, EXPLAIN, SERVING_DEFAULT, SIMILAR_ITEMS
 from serving import wire
 from serving.errors import ServingError
@@ -125,6 +130,65 @@ class _Contract:
         (user,) = SERVING_DEFAULT.input_names
         return self.predict(SERVING_DEFAULT.name, {user: _string_tensor(_as_list(user_ids))})
 
+    def recommend_for(
+        self,
+        user_id: str = "",
+        features: Mapping[str, Any] | None = None,
+        history: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ) -> Prediction:
+        """Top-K items for one raw query of a feature model (``recommend``).
+
+        Args:
+          user_id: may be unknown or empty (a new user).
+          features: every user and context feature of the model, by name: numbers for
+            numeric features, an int (Unix seconds) for a timestamp, a string, or a list
+            of strings for a list feature. A timestamp left out is sent as 0, which the
+            export reads as its serving time (after its last training interaction).
+          history: recent item ids, oldest first.
+          exclude: item ids never to return.
+
+        Lists are sent with a leading ``""`` (padding): TF Serving's
+        ``pad_variable_length_inputs`` pads a batch with each tensor's first value, which
+        is then padding too.
+        """
+        specs = self._recommend_inputs()
+        fixed = (contract.USER_ID.name, contract.HISTORY.name, contract.EXCLUDE_ITEM_IDS.name)
+        given = dict(features or {})
+        for name, spec in specs.items():  # timestamps (the only int64 inputs) default to 0
+            if spec.dtype == "int64":
+                given.setdefault(name, 0)
+        unknown = sorted(set(given) - set(specs))
+        wanted = sorted(n for n in specs if n not in fixed)
+        if unknown or set(wanted) - set(given):
+            missing = sorted(set(wanted) - set(given))
+            raise ServingError(
+                "recommend takes the features " + (", ".join(wanted) or "(none)")
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            )
+        inputs = {
+            contract.USER_ID.name: _string_tensor([str(user_id)]),
+            contract.HISTORY.name: _string_tensor([["", *_as_list(history)]]),
+            contract.EXCLUDE_ITEM_IDS.name: _string_tensor([["", *_as_list(exclude)]]),
+        }
+        for name in wanted:
+            inputs[name] = _feature_tensor(name, given[name], specs[name])
+        return self.predict(contract.RECOMMEND_NAME, inputs)
+
+    def _recommend_inputs(self) -> dict[str, TensorSpec]:
+        """The ``recommend`` signature's inputs, read once from the server's metadata."""
+        cached = getattr(self, "_recommend_specs", None)
+        if cached is None:
+            signature = self.metadata().get(contract.RECOMMEND_NAME)
+            if signature is None:
+                raise ServingError(
+                    f"model {self.model_name} has no {contract.RECOMMEND_NAME} signature: it "
+                    "is an id-only model (train with feature tables to serve raw features)"
+                )
+            cached = self._recommend_specs = dict(signature.inputs)
+        return cached
+
     def explain(self, user_id: str, item_ids: Sequence[str]) -> Prediction:
         """Why ``user_id`` scores each of ``item_ids``; batch axis removed (see module doc)."""
         if not isinstance(user_id, str):
@@ -165,6 +229,30 @@ def _as_list(ids: Sequence[str] | str) -> list[str]:
     if isinstance(ids, str):
         return [ids]
     return [str(i) for i in ids]
+
+
+def _feature_tensor(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+    """One row of a raw feature as its input's dtype and rank; ServingError when it does
+    not convert."""
+    rank = len(spec.shape) if spec.shape is not None else 1
+    try:
+        if spec.dtype == "string":
+            if rank == 2:
+                values = [value] if isinstance(value, str) else list(value)
+                return _string_tensor([["", *map(str, values)]])
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not a string")
+            return _string_tensor([value])
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{value!r} is not a number")
+        if spec.dtype == "int64":
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError(f"{value!r} is not an integer")
+            return np.array([int(number)], np.int64)
+        return np.array([float(value)], np.dtype(spec.dtype))
+    except (TypeError, ValueError) as error:
+        raise ServingError(f"feature {name} is {spec.dtype}: {error}") from None
 
 
 class RecommenderClient(_Contract):

@@ -30,6 +30,7 @@ SPLITS = ("random", "leave-last-out", "time", "hash-user", "hash-interaction")
 STREAMING_SPLITS = ("time", "hash-user", "hash-interaction")  # decided per row (streaming)
 OPTIMIZERS = ("adagrad", "adam", "lazy_adam", "sgd")
 FILE_FORMATS = ("", "csv", "tsv", "parquet", "tfrecord")
+SIDE_TABLES = ("user_features", "item_features")  # data.* paths of the side tables
 
 
 @dataclass
@@ -47,6 +48,12 @@ class DataConfig:
     path: str = ""
     format: str = ""
     columns: dict[str, str] = field(default_factory=dict)
+    # side tables joined by id (same formats as the interactions; held in memory): one
+    # row per user (item) with an id column (data.columns' user_id / item_id) and the
+    # columns the [model.user_features] / [model.item_features] read; "" for none
+    # (movielens-100k brings its own user and item files)
+    user_features: str = ""
+    item_features: str = ""
     interleave_files: int = 4  # shards read at once by the streaming pipeline
     deterministic_order: bool = True  # same row order for the same (seed, epoch)
     # vocabularies: from files (one id per line), else counted; the rest maps to OOV
@@ -131,6 +138,9 @@ class Config:
             name: {k: v for k, v in dataclasses.asdict(getattr(self, name)).items() if v is not None}
             for name in SECTIONS
         }
+        for key in SIDE_TABLES:  # written only when set: id-only configs read as before
+            if not getattr(self.data, key):
+                del tables["data"][key]
         for key in FEATURE_TABLES:  # written only when set, each feature by its set keys
             del tables["model"][key]
             if getattr(self.model, key):

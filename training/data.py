@@ -17,6 +17,7 @@ import numpy as np
 
 from training.errors import InputError
 from training.schema import Interactions, LoadedData, from_interactions
+from training.side_tables import read_frame
 
 # ----------------------------------------------------------------------------------------
 # synthetic
@@ -316,16 +317,7 @@ def read_interactions_file(
     format = format or {".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}.get(
         path.suffix.lower(), "csv"
     )
-    try:
-        if format == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep="\t" if format == "tsv" else ",", dtype=str,
-                                keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"data file {path} is empty") from None
-    except Exception as e:  # parser errors name the line; keep them on one line
-        raise InputError(f"cannot read data file {path}: {str(e).splitlines()[0]}") from None
+    frame = read_frame(path, format, "data file")
     if len(frame) == 0:
         raise InputError(f"data file {path} has no rows")
     mapping = {name: columns.get(name, name) for name in _COLUMNS}
@@ -384,13 +376,14 @@ def load_data(config) -> LoadedData:
             min_items_per_user=config.min_items_per_user,
             max_items_per_user=config.max_items_per_user,
         )
-        return _with_vocabulary(data, config)
+        return _with_vocabulary(_with_side_tables(data, config), config)
     if config.source == "file":
-        return _with_vocabulary(_read_file_source(config), config)
+        return _with_vocabulary(_with_side_tables(_read_file_source(config), config), config)
     if config.source == "movielens-100k":
         from training.movielens import load_movielens_100k
 
-        return _with_vocabulary(load_movielens_100k(path=config.path or None), config)
+        data = load_movielens_100k(path=config.path or None)
+        return _with_vocabulary(_with_side_tables(data, config), config)
     raise InputError(
         f"unknown data.source {config.source!r}; valid: synthetic, file, movielens-100k"
     )
@@ -410,6 +403,33 @@ def _read_file_source(config) -> LoadedData:
     note = f", {dropped} rows without ids dropped" if dropped else ""
     return from_interactions(
         interactions, f"files {shards.describe()} ({len(interactions)} interactions{note})"
+    )
+
+
+def _with_side_tables(data: LoadedData, config) -> LoadedData:
+    """The side tables ``data.user_features`` / ``data.item_features`` name (they replace
+    a source's own); the items of an item table join the catalog."""
+    if not (config.user_features or config.item_features):
+        return data
+    import dataclasses
+
+    from training.side_tables import read_optional
+
+    columns = config.columns
+    users = read_optional(config.user_features, columns.get("user_id", "user_id"), "user table")
+    items = read_optional(config.item_features, columns.get("item_id", "item_id"), "item table")
+    item_table = items or data.item_table
+    catalog = data.items if items is None else np.union1d(data.items, items.ids)
+    extra = len(catalog) - len(data.items)
+    truth = {"item_cluster": None, "item_popularity": None} if extra else {}
+    return dataclasses.replace(
+        data,
+        **truth,
+        user_table=users or data.user_table,
+        item_table=item_table,
+        items=catalog,
+        description=data.description
+        + (f"; {extra} items of the item table without interactions" if extra else ""),
     )
 
 

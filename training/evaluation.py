@@ -32,6 +32,7 @@ Per-epoch monitoring (``ValidationRecall``) scores a seeded sample of at most
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,11 +185,20 @@ def evaluate_embeddings(
     return metrics
 
 
-def embed(tower: tf.keras.layers.Layer, ids: np.ndarray, batch_size: int = 8192) -> tf.Tensor:
-    """Tower outputs for ``ids`` in batches: ``(len(ids),)`` -> ``(len(ids), d)`` float32."""
+def embed(
+    tower: tf.keras.layers.Layer,
+    ids: np.ndarray,
+    batch_size: int = 8192,
+    inputs: Callable[[np.ndarray], dict] | None = None,
+) -> tf.Tensor:
+    """Tower outputs for ``ids`` in batches: ``(len(ids),)`` -> ``(len(ids), d)`` float32.
+
+    ``inputs`` maps a chunk of ids to a feature tower's inputs (``training.feature_data``);
+    without it the tower gets the ids.
+    """
     parts = [
-        tf.cast(tower(tf.constant(ids[start : start + batch_size])), tf.float32)
-        for start in range(0, len(ids), batch_size)
+        tf.cast(tower(inputs(chunk) if inputs else tf.constant(chunk)), tf.float32)
+        for chunk in (ids[start : start + batch_size] for start in range(0, len(ids), batch_size))
     ]
     return tf.concat(parts, axis=0)
 
@@ -242,15 +252,25 @@ def evaluation_set(
     return EvaluationSet(users, test_users, catalog_index(items, test.item_id), excluded, items)
 
 
-def evaluate_set(model, evaluation: EvaluationSet, ks: list[int], chunk_size: int = 1024) -> dict[str, float]:
+def evaluate_set(
+    model,
+    evaluation: EvaluationSet,
+    ks: list[int],
+    chunk_size: int = 1024,
+    query_inputs: Callable[[np.ndarray], dict] | None = None,
+    item_inputs: Callable[[np.ndarray], dict] | None = None,
+) -> dict[str, float]:
     """Evaluates a ``TwoTowerModel`` on a prepared ``EvaluationSet``.
 
     Items are ranked by the head's similarity (the temperature does not change a
-    ranking).
+    ranking). ``query_inputs`` / ``item_inputs`` map ids to a feature model's tower
+    inputs (see ``embed``).
     """
     head = model.head
-    user_vectors = head.normalize(embed(model.user_tower, evaluation.users)).numpy()
-    item_vectors = head.normalize(embed(model.item_tower, evaluation.items)).numpy()
+    user_vectors = head.normalize(
+        embed(model.user_tower, evaluation.users, inputs=query_inputs)).numpy()
+    item_vectors = head.normalize(
+        embed(model.item_tower, evaluation.items, inputs=item_inputs)).numpy()
     return evaluate_embeddings(
         user_vectors, item_vectors, evaluation.test_users, evaluation.test_items, ks,
         evaluation.seen, chunk_size,
@@ -264,14 +284,19 @@ def evaluate_model(
     ks: list[int],
     seen: Interactions | None = None,
     chunk_size: int = 1024,
+    query_inputs: Callable[[np.ndarray], dict] | None = None,
+    item_inputs: Callable[[np.ndarray], dict] | None = None,
 ) -> dict[str, float]:
     """Evaluates a ``TwoTowerModel`` on every user of ``test`` against the whole catalog
     ``items``, exactly. ``seen`` (usually the training interactions) is excluded from
-    the per-user metrics when given.
+    the per-user metrics when given. A feature model's towers get their inputs from
+    ``query_inputs(user_ids)`` (features and history as of the split's start) and
+    ``item_inputs(item_ids)`` (``training.feature_data.FeatureData``).
     """
     if len(test) == 0:
         return {}
-    return evaluate_set(model, evaluation_set(test, items, seen), ks, chunk_size)
+    return evaluate_set(model, evaluation_set(test, items, seen), ks, chunk_size,
+                        query_inputs, item_inputs)
 
 
 class ValidationRecall(tf.keras.callbacks.Callback):
@@ -283,21 +308,28 @@ class ValidationRecall(tf.keras.callbacks.Callback):
     run) compares the same users. Each epoch costs ``min(max_users, users) x items x d``.
     ``validation`` may also be a prepared ``EvaluationSet`` (then ``items``, ``seen``,
     ``max_users`` and ``seed`` are not used): a streaming source's sample.
+    ``features`` (a ``training.feature_data.FeatureData``) gives a feature model's towers
+    their inputs.
     """
 
     def __init__(self, validation, items, ks, seen=None, chunk_size=1024,
-                 max_users=EvaluationConfig.validation_users, seed=0):
+                 max_users=EvaluationConfig.validation_users, seed=0, features=None):
         super().__init__()
         self.ks, self.chunk_size = ks, chunk_size
         if isinstance(validation, EvaluationSet):
             self.evaluation = validation
         else:
             self.evaluation = evaluation_set(validation, items, seen, max_users, seed)
+        self.inputs = {} if features is None else {
+            "query_inputs": features.query_inputs("validation"),
+            "item_inputs": features.item_inputs(),
+        }
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if len(self.evaluation.test_users) == 0:
             return
-        metrics = evaluate_set(self.model, self.evaluation, self.ks, self.chunk_size)
+        metrics = evaluate_set(self.model, self.evaluation, self.ks, self.chunk_size,
+                               **self.inputs)
         if logs is not None:
             for k in self.ks:
                 logs[f"val_recall_at_{k}"] = metrics[f"recall@{k}"]

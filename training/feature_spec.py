@@ -57,7 +57,7 @@ KEYS_BY_TYPE = {
     "numeric": ("column", "embedding_dim", "buckets", "num_buckets"),
     "timestamp": ("column", "embedding_dim", "buckets", "num_buckets"),
     "text": ("column", "embedding_dim", "max_tokens"),
-    "history": ("length", "pooling"),
+    "history": ("column", "length", "pooling"),
 }
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
@@ -83,7 +83,8 @@ class FeatureConfig:
     num_buckets: int = 0
     # text: vocabulary size, the most frequent training tokens
     max_tokens: int = 10_000
-    # history: the N most recent items before the interaction, pooled
+    # history: the N most recent items before the interaction, pooled; its column (if
+    # set) must be the interactions' item id column, the only one a history can read
     length: int = 20
     pooling: str = "mean"
 
@@ -191,6 +192,9 @@ def validate_features(model: Any) -> None:
                      f"{where}: a feature name is a letter then letters, digits or _")
             _require(name not in RESERVED_NAMES,
                      f"{where}: {name!r} is reserved; reserved: {', '.join(RESERVED_NAMES)}")
+            _require(name != "history" or feature.type == "history",
+                     f"{where}: the name 'history' is the history input of an export's "
+                     "recommend signature; name this feature otherwise")
             _require(name not in seen,
                      f"{where}: the name {name!r} is also a feature of [model.{seen.get(name)}]")
             seen[name] = table

@@ -51,6 +51,8 @@ from training.data import load_data
 from training.distribution import ONE_DEVICE, Distribution
 from training.errors import InputError
 from training.evaluation import EvaluationSet, evaluate_set, evaluation_set
+from training.feature_data import FeatureData, prepare_features
+from training.feature_spec import uses_features
 from training.indexing import RowColumns
 from training.pipeline import (
     epoch_seed,
@@ -115,6 +117,8 @@ class InMemoryInput:
     def __init__(self, config: Config, data: LoadedData, split: Split):
         self.config, self.data, self.split = config, data, split
         self._probabilities: dict[str, float] | None = None
+        # A feature model's side features, histories and statistics (None: id towers).
+        self.features: FeatureData | None = prepare_features(config, data, split)
 
     @property
     def users(self) -> np.ndarray:
@@ -171,8 +175,12 @@ class InMemoryInput:
         steps, rows = self._plan(distribution)
         if distribution.kind == ONE_DEVICE:
             dataset = make_training_dataset(self.split.train, t.batch_size, self.probabilities(),
-                                            seed=seed)
+                                            seed=seed, **feature_batches(self.features,
+                                                                         self.split.train))
             return EpochData(dataset, None, rows)
+        if self.features is not None:
+            raise InputError("feature towers train on one device for now (no "
+                             "training.local_replicas or TF_CONFIG cluster with model.*_features)")
         columns = training_columns(self.split.train, self.probabilities())
         n = len(self.split.train)
         if not distribution.synchronous:  # parameter server: each worker keeps its rows
@@ -222,7 +230,16 @@ class InMemoryInput:
 
     def evaluate(self, model, log: Log = print,
                  splits: Sequence[str] = FINAL_SPLITS) -> dict[str, dict[str, float]]:
-        return evaluate_sets(model, self.evaluation_sets(splits), self.config, log)
+        return evaluate_sets(model, self.evaluation_sets(splits), self.config, log,
+                             self.features)
+
+
+def feature_batches(features: FeatureData | None, train) -> dict:
+    """``make_training_dataset``'s arguments for a feature model's batches: the per-row
+    timestamps and the in-graph join of side features and histories ({} for id towers)."""
+    if features is None:
+        return {}
+    return {"columns": features.batch_columns(train), "map_batch": features.join}
 
 
 # ----------------------------------------------------------------------------------------
@@ -237,6 +254,7 @@ class StreamingInput:
                  monitoring: EvaluationSet | None):
         self.config, self.data, self.sets, self.monitoring = config, data, sets, monitoring
         self._inputs: dict[tuple, object] = {}
+        self.features: FeatureData | None = None
 
     @classmethod
     def prepare(cls, config: Config, log: Log = print,
@@ -247,6 +265,10 @@ class StreamingInput:
         from training.streaming_eval import collect_evaluation, select_users
 
         e, t = config.evaluation, config.training
+        if uses_features(config.model):
+            raise InputError("feature towers (model.user_features, model.item_features, "
+                             "model.query_context) train from in-memory sources for now, "
+                             "not from a streaming data.path")
         data = prepare_streaming(config, log)
         validate_catalog(config, len(data.items))
         for name in splits:
@@ -384,13 +406,18 @@ def _subset(evaluation: EvaluationSet, users: np.ndarray) -> EvaluationSet:
 
 
 def evaluate_sets(model, sets: dict[str, EvaluationSet], config: Config,
-                  log: Log = print) -> dict[str, dict[str, float]]:
-    """Exact metrics of each set, a progress line per split with users/s."""
+                  log: Log = print, features: FeatureData | None = None,
+                  ) -> dict[str, dict[str, float]]:
+    """Exact metrics of each set, a progress line per split with users/s. A feature
+    model's query side is each user's features and history as of the split's start."""
     e = config.evaluation
     metrics = {}
     for name, evaluation in sets.items():
         start = time.perf_counter()
-        metrics[name] = evaluate_set(model, evaluation, e.ks, e.chunk_size)
+        inputs = {} if features is None else {
+            "query_inputs": features.query_inputs(name), "item_inputs": features.item_inputs(),
+        }
+        metrics[name] = evaluate_set(model, evaluation, e.ks, e.chunk_size, **inputs)
         seconds = time.perf_counter() - start
         users = len(evaluation.users)
         log(f"evaluation: {name}: {users:,} users x {len(evaluation.items):,} items, "

@@ -2,7 +2,8 @@
 
 ``build_model`` and ``make_optimizer`` are used by the training job, the study and the
 benchmarks; ``load_run`` rebuilds the trained model of a complete run directory for
-``evaluate`` and ``export``. (``training.rundir`` holds the run directory's files and
+``evaluate`` and ``export`` (a feature run with its ``features/``: statistics, side
+tables, histories, seen items; ``training.feature_store``). (``training.rundir`` holds the run directory's files and
 needs no TensorFlow.)
 """
 
@@ -33,6 +34,7 @@ class TrainedRun:
     items: list[str]
     metrics: dict[str, Any]
     info: dict[str, Any]
+    features: Any = None  # training.feature_store.StoredFeatures of a feature run, else None
 
 
 def build_model(
@@ -132,8 +134,9 @@ def _encoder(
         )
     dim = feature.embedding_dim or m.embedding_dim
     kind = feature.type
-    if kind == "id":
-        return encoders.IdEncoder(ids, dim, name=name)
+    if kind == "id":  # the ids with training interactions, when the data side measured them
+        vocabulary = ids if stats.vocabulary is None else stats.vocabulary
+        return encoders.IdEncoder(vocabulary, dim, name=name)
     if kind in ("categorical", "multi_categorical"):
         cls = {"categorical": encoders.CategoricalEncoder,
                "multi_categorical": encoders.MultiCategoricalEncoder}[kind]
@@ -195,9 +198,16 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         )
     config = rundir.read_config(run_dir)
     users, items = rundir.read_vocabulary(run_dir, "users"), rundir.read_vocabulary(run_dir, "items")
-    model = build_model(config, users, items)
+    stored = None
+    if uses_features(config.model):  # id-only runs have no features/ and load as before
+        from training import feature_store
+
+        stored = feature_store.read(run_dir)
+    model = build_model(config, users, items,
+                        statistics=None if stored is None else stored.statistics)
     weights = run_dir / rundir.MODEL / "weights"
     problem = _restore(model, weights)
     if problem:
         raise InputError(f"cannot restore weights of {run_dir}: {problem}")
-    return TrainedRun(run_dir, config, model, users, items, rundir.load_metrics(run_dir), info)
+    return TrainedRun(run_dir, config, model, users, items, rundir.load_metrics(run_dir), info,
+                      stored)

@@ -7,8 +7,8 @@ Sources, tried in order by ``fetch_movielens_100k``:
 2. the GroupLens download ``https://files.grouplens.org/datasets/movielens/ml-100k.zip``;
 3. the copy of the same 100,000 ratings inside the MIT-licensed ``recbole==1.2.1`` wheel
    (about 2 MB), fetched with ``pip download --no-deps`` into a temporary folder and read
-   straight from the wheel (``recbole/dataset_example/ml-100k/ml-100k.inter`` and
-   ``.item``); neither RecBole nor torch is installed.
+   straight from the wheel (``recbole/dataset_example/ml-100k/ml-100k.inter``, ``.item``
+   and ``.user``); neither RecBole nor torch is installed.
 
 What was read is normalized (one row per rating, sorted by user then item, so every
 source gives the same bytes) and verified before anything is cached: 100,000 ratings,
@@ -21,6 +21,8 @@ source gives the same bytes) and verified before anything is cached: 100,000 rat
   genre names joined by ``|``, in ``GENRES`` order, and are checksummed like the ratings
   (``Expected.genres_sha256``); titles and years are informational and not checksummed:
   the GroupLens file and RecBole's copy format them slightly differently);
+* ``users.tsv``: ``user_id  age  gender  occupation  zip_code`` (GroupLens ``u.user``,
+  RecBole's ``ml-100k.user``), checksummed (``Expected.users_sha256``);
 * ``source.json``: where the data came from and its checksum.
 
 Every file is written to a temporary name and renamed into place, and downloads go to a
@@ -30,7 +32,9 @@ no redistribution).
 
 Training uses the ratings as implicit feedback, like the TFRS retrieval tutorials:
 ``LoadedData.interactions`` has user and item ids and timestamps, and no weights; the
-ratings stay in the cache (``read_ratings``).
+ratings stay in the cache (``read_ratings``). ``LoadedData.user_table`` (``age``,
+``gender``, ``occupation``, ``zip_code``) and ``item_table`` (``title``,
+``release_year``, ``genres`` joined by ``|``) are the side tables of feature towers.
 """
 
 from __future__ import annotations
@@ -55,16 +59,20 @@ import numpy as np
 from training.data_cli import data_commands
 from training.errors import InputError
 from training.schema import Interactions, LoadedData
+from training.side_tables import SideTable
 
 NAME = "movielens-100k"
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 WHEEL_INTER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 WHEEL_ITEM = "recbole/dataset_example/ml-100k/ml-100k.item"
+WHEEL_USER = "recbole/dataset_example/ml-100k/ml-100k.user"
 DOWNLOAD_TIMEOUT = 15.0  # seconds without data before the GroupLens download gives up
 PIP_TIMEOUT = 300.0  # seconds for `pip download`
 RATINGS_HEADER = "user_id\titem_id\trating\ttimestamp\n"
 ITEMS_HEADER = "item_id\ttitle\trelease_year\tgenres\n"
+USERS_HEADER = "user_id\tage\tgender\toccupation\tzip_code\n"
+USER_COLUMNS = ("age", "gender", "occupation", "zip_code")
 # GroupLens u.genre order: the 19 flags of u.item, and the tokens of RecBole's `class`.
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -85,6 +93,8 @@ class Expected:
     sha256: str
     # SHA-256 of ``genre_table`` (every item's genres); None: genres are not checked.
     genres_sha256: str | None = None
+    # SHA-256 of ``users.tsv`` (``user_table``); None: the user file is not checked.
+    users_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,20 @@ MOVIELENS_100K = Expected(
     # the same bytes (same 19 genres, same per-genre counts: Drama 725, Comedy 505, ...);
     # not checked against GroupLens itself, which is unreachable from this machine.
     genres_sha256="807d2aceae088faf64bf09d71721b473db8cc2a5ca17e4db0cea4675c44303a9",
+    # user_table of the wheel's ml-100k.user (GroupLens u.user holds the same 943 rows;
+    # not checked against GroupLens itself, unreachable from this machine).
+    users_sha256="d307879922714236e165fd2bc58ed81651098a488a5090e2de5738e81f2d74ae",
 )
+
+
+@dataclass(frozen=True)
+class User:
+    """What the user file says about a user."""
+
+    age: int
+    gender: str
+    occupation: str
+    zip_code: str
 
 
 @dataclass(frozen=True)
@@ -134,6 +157,7 @@ class FetchResult:
     num_items: int
     sha256: str
     num_titles: int
+    num_user_rows: int = 0
 
 
 def default_cache_dir() -> Path:
@@ -217,6 +241,21 @@ def _parse_recbole_item(data: bytes) -> dict[int, Item]:
     return items
 
 
+def _parse_users(text: str, origin: str, separator: str, header: bool) -> dict[int, User]:
+    """GroupLens ``u.user`` (``id|age|gender|occupation|zip``) or RecBole's ``.user``
+    (the same columns, tab-separated, under a header)."""
+    users = {}
+    lines = text.splitlines()[1 if header else 0 :]
+    for number, line in enumerate(lines, start=2 if header else 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(separator)]
+        if len(fields) != 5 or not fields[0].isdigit() or not fields[1].isdigit():
+            raise InputError(f"{origin}: line {number} is not a user row: {line[:60]!r}")
+        users[int(fields[0])] = User(int(fields[1]), fields[2], fields[3], fields[4])
+    return users
+
+
 def read_source(path: str | Path) -> tuple[Ratings, dict[int, str]]:
     """Reads ratings and titles from a local ``u.data`` (titles from a ``u.item`` beside
     it, if any), a folder holding ``u.data``, the GroupLens ``ml-100k.zip``, or a wheel
@@ -227,6 +266,13 @@ def read_source(path: str | Path) -> tuple[Ratings, dict[int, str]]:
 
 def read_source_items(path: str | Path) -> tuple[Ratings, dict[int, Item]]:
     """``read_source`` with everything the item file holds (title, year, genres)."""
+    ratings, items, _ = read_source_all(path)
+    return ratings, items
+
+
+def read_source_all(path: str | Path) -> tuple[Ratings, dict[int, Item], dict[int, User]]:
+    """``read_source_items`` and the user file (``u.user`` beside ``u.data``, in the zip,
+    or RecBole's ``ml-100k.user``); empty dicts for files the source lacks."""
     path = Path(path)
     if path.is_dir():
         path = path / "u.data"
@@ -236,12 +282,14 @@ def read_source_items(path: str | Path) -> tuple[Ratings, dict[int, Item]]:
         return _read_zip(path)
     text = path.read_bytes().decode("latin-1")
     ratings = _parse_ratings(text, str(path), header=text.startswith("user_id"))
-    u_item = path.with_name("u.item")
+    u_item, u_user = path.with_name("u.item"), path.with_name("u.user")
     items = _parse_u_item(u_item.read_bytes()) if u_item.is_file() else {}
-    return ratings, items
+    users = (_parse_users(u_user.read_bytes().decode("latin-1"), str(u_user), "|", False)
+             if u_user.is_file() else {})
+    return ratings, items, users
 
 
-def _read_zip(path: Path) -> tuple[Ratings, dict[int, Item]]:
+def _read_zip(path: Path) -> tuple[Ratings, dict[int, Item], dict[int, User]]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
@@ -253,7 +301,10 @@ def _read_zip(path: Path) -> tuple[Ratings, dict[int, Item]]:
                 archive.read(WHEEL_INTER).decode("utf-8"), f"{path}!{WHEEL_INTER}", header=True
             )
             items = _parse_recbole_item(archive.read(WHEEL_ITEM)) if WHEEL_ITEM in names else {}
-            return ratings, items
+            users = (_parse_users(archive.read(WHEEL_USER).decode("utf-8"),
+                                  f"{path}!{WHEEL_USER}", "\t", True)
+                     if WHEEL_USER in names else {})
+            return ratings, items, users
         data = [n for n in names if n.rsplit("/", 1)[-1] == "u.data"]
         if not data:
             raise InputError(
@@ -262,9 +313,12 @@ def _read_zip(path: Path) -> tuple[Ratings, dict[int, Item]]:
         ratings = _parse_ratings(
             archive.read(data[0]).decode("latin-1"), f"{path}!{data[0]}", header=False
         )
-        item = data[0][: -len("u.data")] + "u.item"
+        folder = data[0][: -len("u.data")]
+        item, user = folder + "u.item", folder + "u.user"
         items = _parse_u_item(archive.read(item)) if item in names else {}
-        return ratings, items
+        users = (_parse_users(archive.read(user).decode("latin-1"), f"{path}!{user}", "|", False)
+                 if user in names else {})
+        return ratings, items, users
 
 
 # ----------------------------------------------------------------------------------------
@@ -301,6 +355,28 @@ def verify_genres(items: dict[int, Item], catalog: np.ndarray, expected: Expecte
     if digest != expected.genres_sha256:
         raise InputError(
             f"{origin}: SHA-256 of the item genres is {digest}, expected {expected.genres_sha256}"
+        )
+
+
+def user_table(users: dict[int, User]) -> bytes:
+    """The cache's ``users.tsv`` bytes (the checksummed content), in user id order."""
+    rows = "".join(
+        f"{k}\t{u.age}\t{u.gender}\t{u.occupation}\t{u.zip_code}\n" for k, u in sorted(users.items())
+    )
+    return (USERS_HEADER + rows).encode("utf-8")
+
+
+def verify_users(users: dict[int, User], expected: Expected, origin: str) -> None:
+    """Checks the user file against ``expected.users_sha256`` (skipped when that is None or
+    the source has no user file); ``InputError`` on a mismatch."""
+    if expected.users_sha256 is None or not users:
+        return
+    if len(users) != expected.num_users:
+        raise InputError(f"{origin}: {len(users)} user rows, expected {expected.num_users}")
+    digest = hashlib.sha256(user_table(users)).hexdigest()
+    if digest != expected.users_sha256:
+        raise InputError(
+            f"{origin}: SHA-256 of the user file is {digest}, expected {expected.users_sha256}"
         )
 
 
@@ -341,13 +417,18 @@ def _write_atomic(path: Path, content: bytes) -> None:
 
 def _store(
     directory: Path, ratings: Ratings, items: dict[int, Item], source: str, expected: Expected,
-    origin: str,
+    origin: str, users: dict[int, User] | None = None,
 ) -> FetchResult:
     content = normalized_ratings(ratings)
     digest = verify(ratings, content, expected, origin)  # nothing is written unless verified
     catalog = np.unique(ratings.item_id)
     verify_genres(items, catalog, expected, origin)
+    verify_users(users or {}, expected, origin)
     directory.mkdir(parents=True, exist_ok=True)
+    if users:
+        _write_atomic(directory / "users.tsv", user_table(users))
+    else:  # a source without a user file: no stale one from an earlier fetch
+        (directory / "users.tsv").unlink(missing_ok=True)
     lines = ITEMS_HEADER + "".join(
         f"{item}\t{info.title}\t{'' if info.year is None else info.year}\t"
         f"{'|'.join(info.genres)}\n"
@@ -358,10 +439,11 @@ def _store(
     info = {"dataset": NAME, "source": source, "sha256": digest, "num_ratings": len(ratings)}
     _write_atomic(directory / "source.json", (json.dumps(info, indent=2) + "\n").encode())
     _write_atomic(directory / "ratings.tsv", content)  # last: its presence marks completeness
-    return _result(directory, ratings, digest, source, len(titles))
+    return _result(directory, ratings, digest, source, len(titles), len(users or {}))
 
 
-def _result(directory: Path, ratings: Ratings, digest: str, source: str, num_titles: int):
+def _result(directory: Path, ratings: Ratings, digest: str, source: str, num_titles: int,
+            num_user_rows: int = 0):
     return FetchResult(
         source=source,
         directory=directory,
@@ -370,6 +452,7 @@ def _result(directory: Path, ratings: Ratings, digest: str, source: str, num_tit
         num_items=len(np.unique(ratings.item_id)),
         sha256=digest,
         num_titles=num_titles,
+        num_user_rows=num_user_rows,
     )
 
 
@@ -435,11 +518,37 @@ def read_items(
     return items
 
 
+def read_users(
+    cache_dir: str | Path | None = None, expected: Expected = MOVIELENS_100K
+) -> dict[int, User]:
+    """The cached user file (age, gender, occupation, zip code) by user id, verified again.
+
+    Raises ``InputError`` when the cache has no user file (a copy fetched before user
+    files were cached, or from a source without ``u.user``) or it fails the check.
+    """
+    directory = Path(cache_dir or default_cache_dir()) / NAME
+    path = directory / "users.tsv"
+    if not path.is_file():
+        raise InputError(
+            f"the cached MovieLens 100K in {directory} has no user file: run "
+            f"`tfrs-cosine data fetch {NAME}` (with --path, a source that has u.user)"
+        )
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith(USERS_HEADER):
+        raise InputError(f"{path} does not start with the header {USERS_HEADER.strip()!r}")
+    users = _parse_users(text, str(path), "\t", True)
+    try:
+        verify_users(users, expected, str(path))
+    except InputError as e:
+        raise InputError(f"{e}; run `tfrs-cosine data fetch {NAME}` to replace it") from None
+    return users
+
+
 # ----------------------------------------------------------------------------------------
 # remote sources
 
 
-def _download(url: str, directory: Path, timeout: float) -> tuple[Ratings, dict[int, Item]]:
+def _download(url: str, directory: Path, timeout: float):
     """Downloads ``url`` to a temporary file in ``directory`` (removed afterwards, also on
     failure) and reads it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -453,12 +562,12 @@ def _download(url: str, directory: Path, timeout: float) -> tuple[Ratings, dict[
             raise InputError(f"download incomplete: {received} of {promised} bytes")
         if not zipfile.is_zipfile(temp):
             raise InputError(f"{url} did not return a zip file ({received} bytes)")
-        return read_source_items(temp)
+        return read_source_all(temp)
     finally:
         Path(temp).unlink(missing_ok=True)
 
 
-def _recbole_wheel(requirement: str, timeout: float) -> tuple[Ratings, dict[int, Item]]:
+def _recbole_wheel(requirement: str, timeout: float):
     """``pip download --no-deps REQUIREMENT`` into a temporary folder; reads the wheel."""
     with tempfile.TemporaryDirectory(prefix="tfrs_cosine_recbole_") as folder:
         command = [
@@ -477,7 +586,7 @@ def _recbole_wheel(requirement: str, timeout: float) -> tuple[Ratings, dict[int,
         wheels = sorted(Path(folder).glob("*.whl"))
         if not wheels:
             raise InputError(f"pip download {requirement} produced no wheel")
-        return read_source_items(wheels[0])
+        return read_source_all(wheels[0])
 
 
 def fetch_movielens_100k(
@@ -502,17 +611,18 @@ def fetch_movielens_100k(
     directory = Path(cache_dir or default_cache_dir()) / NAME
     if path is not None:
         log(f"reading MovieLens 100K from {path}")
-        ratings, items = read_source_items(path)
-        return _store(directory, ratings, items, f"path {path}", expected, str(path))
+        ratings, items, users = read_source_all(path)
+        return _store(directory, ratings, items, f"path {path}", expected, str(path), users)
 
     if (directory / "ratings.tsv").is_file():
         try:
             ratings, titles = read_ratings(cache_dir, expected)
             if expected.genres_sha256 is not None and not _has_genres(directory):
                 raise InputError("it was cached without genres")
+            users = read_users(cache_dir, expected) if expected.users_sha256 else {}
             info = _source_info(directory)
             log(f"MovieLens 100K already cached in {directory} (from {info})")
-            return _result(directory, ratings, expected.sha256, "cache", len(titles))
+            return _result(directory, ratings, expected.sha256, "cache", len(titles), len(users))
         except (InputError, OSError) as e:
             log(f"cached copy is not valid ({e}); fetching it again")
 
@@ -520,23 +630,23 @@ def fetch_movielens_100k(
     if url:
         log(f"downloading {url} (timeout {timeout:g} s)")
         try:
-            ratings, items = _download(url, directory, timeout)
+            ratings, items, users = _download(url, directory, timeout)
         except (OSError, http.client.HTTPException, ValueError, InputError) as e:
             reason = _one_line(e)
             log(f"  download failed: {reason}")
             failures.append(f"download {url}: {reason}")
         else:
-            return _store(directory, ratings, items, f"grouplens {url}", expected, url)
+            return _store(directory, ratings, items, f"grouplens {url}", expected, url, users)
     if recbole:
         log(f"fetching RecBole's copy: pip download --no-deps {recbole} (not installed)")
         try:
-            ratings, items = _recbole_wheel(recbole, PIP_TIMEOUT)
+            ratings, items, users = _recbole_wheel(recbole, PIP_TIMEOUT)
         except InputError as e:
             log(f"  failed: {e}")
             failures.append(str(e))
         else:
             source = f"{recbole.replace('==', '-')} wheel (pip download), {WHEEL_INTER}"
-            return _store(directory, ratings, items, source, expected, source)
+            return _store(directory, ratings, items, source, expected, source, users)
     raise InputError(
         "cannot fetch MovieLens 100K ("
         + ("; ".join(failures) or "no source enabled")
@@ -572,19 +682,27 @@ def load_movielens_100k(
     otherwise the cached copy is used, fetched first if absent. Ids are the MovieLens
     integer ids as strings; ``timestamp`` is set, ``weight`` is None (the ratings are in
     the cache: ``read_ratings``); ``items`` is the 1,682-item catalog; ``item_titles``
-    maps ids to titles.
+    maps ids to titles. ``user_table`` and ``item_table`` hold the user and item files
+    (``side_tables``; None when the copy has no such file, e.g. a cache fetched before
+    user files were cached).
     """
     if path is not None:
-        ratings, raw_titles = read_source(path)
+        ratings, items, users = read_source_all(path)
         verify(ratings, normalized_ratings(ratings), expected, str(path))
-        titles = {str(k): v for k, v in raw_titles.items() if v}
+        verify_genres(items, np.unique(ratings.item_id), expected, str(path))
+        verify_users(users, expected, str(path))
+        items = {str(k): v for k, v in items.items()}
         origin = str(path)
     else:
         directory = Path(cache_dir or default_cache_dir()) / NAME
         if not (directory / "ratings.tsv").is_file():
             fetch_movielens_100k(cache_dir=cache_dir, log=log, expected=expected)
-        ratings, titles = read_ratings(cache_dir, expected)
+        ratings, _ = read_ratings(cache_dir, expected)
+        items = _read_items_file(directory)
+        users = read_users(cache_dir, expected) if (directory / "users.tsv").is_file() else {}
         origin = f"{directory} (from {_source_info(directory)})"
+    titles = {k: v.title for k, v in items.items() if v.title}
+    user_table, item_table = side_tables(users, items, origin)
     interactions = Interactions(
         user_id=ratings.user_id.astype(str),
         item_id=ratings.item_id.astype(str),
@@ -599,7 +717,45 @@ def load_movielens_100k(
             f"{expected.num_users} users, {expected.num_items} items; {origin})"
         ),
         item_titles=titles or None,
+        user_table=user_table,
+        item_table=item_table,
     )
+
+
+def side_tables(
+    users: dict[int, User], items: dict[str, Item], origin: str
+) -> tuple[SideTable | None, SideTable | None]:
+    """The user and item files as side tables: ``age`` (number), ``gender``,
+    ``occupation``, ``zip_code``; ``title``, ``release_year`` (number, NaN when
+    unknown), ``genres`` (``|``-joined)."""
+    user_table = None
+    if users:
+        ids = sorted(users)
+        rows = [users[k] for k in ids]
+        user_table = SideTable(
+            f"MovieLens user file ({origin})",
+            np.array([str(k) for k in ids]),
+            {
+                "age": np.array([u.age for u in rows], np.float64),
+                **{name: np.array([getattr(u, name) for u in rows], dtype=object)
+                   for name in USER_COLUMNS[1:]},
+            },
+        )
+    item_table = None
+    if items:
+        ids = sorted(items, key=lambda k: (len(k), k))
+        rows = [items[k] for k in ids]
+        item_table = SideTable(
+            f"MovieLens item file ({origin})",
+            np.array(ids),
+            {
+                "title": np.array([i.title for i in rows], dtype=object),
+                "release_year": np.array(
+                    [np.nan if i.year is None else i.year for i in rows], np.float64),
+                "genres": np.array(["|".join(i.genres) for i in rows], dtype=object),
+            },
+        )
+    return user_table, item_table
 
 
 # ----------------------------------------------------------------------------------------
@@ -629,7 +785,8 @@ def _fetch_command(args) -> int:
     result = fetch_movielens_100k(path=args.path, cache_dir=args.cache_dir, log=print)
     print(
         f"{NAME}: {result.num_ratings} ratings, {result.num_users} users, {result.num_items} "
-        f"items, {result.num_titles} titles, sha256 {result.sha256}"
+        f"items, {result.num_titles} titles, {result.num_user_rows} user rows, "
+        f"sha256 {result.sha256}"
     )
     print(f"source: {result.source}")
     print(f"cached in {result.directory}")

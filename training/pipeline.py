@@ -10,6 +10,8 @@ interleave).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -65,14 +67,23 @@ def make_training_dataset(
     item_probability: dict[str, float] | None = None,
     seed: int = 0,
     shuffle: bool = True,
+    columns: dict[str, np.ndarray] | None = None,
+    map_batch: Callable[[dict], dict] | None = None,
 ) -> tf.data.Dataset:
     """One epoch of shuffled batches of ``{"user_id", "item_id"[, "weight"][, "item_probability"]}``.
 
     Each feature is ``(batch,)``. The order is a function of ``seed`` only: iterating
     the dataset again repeats it (build the next epoch with ``epoch_seed``).
-    ``item_probability`` maps item ids to their sampling share (logQ).
+    ``item_probability`` maps item ids to their sampling share (logQ). ``columns`` adds
+    per-row columns (a feature model's timestamps); ``map_batch`` maps each batch in the
+    graph (``training.feature_data.FeatureData.join``: side features and histories).
     """
-    dataset = tf.data.Dataset.from_tensor_slices(training_columns(train, item_probability))
+    features = training_columns(train, item_probability)
+    features.update(columns or {})
+    dataset = tf.data.Dataset.from_tensor_slices(features)
     if shuffle:
         dataset = dataset.shuffle(len(train), seed=seed, reshuffle_each_iteration=False)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if map_batch is not None:
+        dataset = dataset.map(map_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)

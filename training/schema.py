@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.errors import InputError
+from training.side_tables import SideTable
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class LoadedData:
     interacted with when the source knows them); ``users`` the sorted unique user ids.
     ``item_cluster`` and ``item_popularity`` are the synthetic ground truth, aligned
     with ``items`` (None for real data). ``item_titles`` maps ids to titles when known.
+    ``user_table`` and ``item_table`` are the side tables of feature towers
+    (``training.side_tables``), when the source has them.
     """
 
     interactions: Interactions
@@ -53,6 +56,8 @@ class LoadedData:
     item_cluster: np.ndarray | None = None
     item_popularity: np.ndarray | None = None
     item_titles: dict[str, str] | None = None
+    user_table: SideTable | None = None
+    item_table: SideTable | None = None
 
 
 def from_interactions(interactions: Interactions, description: str, **extra) -> LoadedData:

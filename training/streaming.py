@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,6 +182,11 @@ class TrainingInput:
     rows_per_epoch: int
     steps_per_epoch: int
     replicas: int = 1
+    # A feature model's batches: the per-row columns they keep besides the ids
+    # ("timestamp") and the in-graph join of side features and histories
+    # (``training.feature_data.FeatureData.join``), mapped over each batch.
+    columns: tuple[str, ...] = ()
+    map_batch: Callable[[dict], dict] | None = None
 
     def epoch(self, epoch: int) -> tf.data.Dataset:
         """Epoch ``epoch``'s batches: ``steps_per_epoch x replicas`` dicts of ``(b,)`` tensors."""
@@ -255,11 +261,11 @@ class TrainingInput:
             deterministic=d.deterministic,
         )
         rule, has_weight = d.rule, shards.has_weight
+        names = ("user_id", "item_id", *(("weight",) if has_weight else ()), *self.columns)
 
         def training_rows(chunk):
             rows = keep_rows(chunk)
             train = rule.assign(rows) == TRAIN
-            names = ("user_id", "item_id", "weight") if has_weight else ("user_id", "item_id")
             return {name: tf.boolean_mask(rows[name], train) for name in names}
 
         dataset = dataset.map(training_rows, num_parallel_calls=tf.data.AUTOTUNE,
@@ -278,6 +284,9 @@ class TrainingInput:
             dataset = dataset.take(self.steps_per_epoch * self.replicas)
         if table is not None:
             dataset = dataset.map(lambda b: b | {"item_probability": table.lookup(b["item_id"])})
+        if self.map_batch is not None:
+            dataset = dataset.map(self.map_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return dataset.with_options(options)
@@ -336,13 +345,16 @@ def make_training_input(
     logq: bool | None = None,
     policy: str = "auto",
     replicas: int = 1,
+    features=None,
 ) -> TrainingInput:
     """The training input of one worker (see the module doc).
 
     ``batch_size`` defaults to ``training.batch_size`` (pass the per-replica size under
     a strategy), ``logq`` to ``model.logq_correction``; ``policy`` is ``auto``,
     ``files`` or ``rows`` (how to shard across workers); ``replicas`` is how many
-    replicas this input pipeline feeds.
+    replicas this input pipeline feeds. ``features`` (a feature model's
+    ``training.feature_data.FeatureData``, ``prepare_streaming_features``) adds the
+    timestamps and maps every batch through its join.
     """
     if policy not in SHARD_POLICIES:
         raise InputError(f"unknown shard policy {policy!r}; valid: {', '.join(SHARD_POLICIES)}")
@@ -390,4 +402,6 @@ def make_training_input(
         rows_per_epoch=rows,
         steps_per_epoch=steps,
         replicas=replicas,
+        columns=("timestamp",) if features is not None and features.needs_timestamps else (),
+        map_batch=None if features is None else features.join,
     )

@@ -40,7 +40,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfrs_cosine import TwoTowerModel
-from training import rundir
+from training import feature_store, rundir
 from training.callbacks import AfterEpoch, EpochClock, EpochMeanLogs, EpochScalars, ProgressBar
 from training.checkpoint import TrainingCheckpoint
 from training.cluster import PARAMETER_SERVER, PEER_TIMEOUT_SECONDS, Cluster
@@ -55,6 +55,7 @@ from training.distribution import (
 from training.early_stopping import EarlyStopping, EpochSummary
 from training.errors import InputError
 from training.evaluation import ValidationRecall, evaluate_model
+from training.feature_data import FeatureData, prepare_features
 from training.interrupts import signals_raise
 from training.job_input import InMemoryInput, StreamingInput, prepare, prepare_input
 from training.locking import HEARTBEAT_SECONDS, Heartbeat, Process, RunLock
@@ -94,6 +95,7 @@ class FitResult:
     epochs_trained: int = 0
     monitor: str | None = None  # the history key early stopping watched
     rows_per_epoch: int = 0
+    features: FeatureData | None = None  # a feature model's data (None: id towers)
 
 
 def describe_devices() -> str:
@@ -161,9 +163,11 @@ def fit_input(
     tf.keras.utils.set_random_seed(t.seed)
     monitoring = source.monitoring_set()
     validating = monitoring is not None and len(monitoring.test_users) > 0
+    features = source.features
 
     with precision_policy(t.mixed_precision), distribution.scope():
-        model = build_model(config, source.users.tolist(), source.items.tolist())
+        model = build_model(config, source.users.tolist(), source.items.tolist(),
+                            statistics=None if features is None else features.statistics)
         optimizer = make_optimizer(config)
         model.compile(optimizer=optimizer)
         if distribution.replicas > 1:  # logged loss: the global batch's, not replica 0's
@@ -188,6 +192,7 @@ def fit_input(
     if validating:
         epoch_callbacks.append(ValidationRecall(
             monitoring, source.items, sorted(set([e.monitor_k, *e.ks])), chunk_size=e.chunk_size,
+            features=features,
         ))
     epoch_callbacks += [stopping, *([checkpoint] if checkpoint else [])]
     if verbose:
@@ -222,16 +227,24 @@ def fit_input(
     weights_epoch = stopping.restore_best_weights()
     return FitResult(model, stopping.history, stopping.epochs_done, seconds,
                      stopping.best_epoch, stopping.best_value, weights_epoch,
-                     stopping.epochs_done - first, stopping.monitor, rows)
+                     stopping.epochs_done - first, stopping.monitor, rows, features)
 
 
 def evaluate_split(
-    config: Config, model: TwoTowerModel, data: LoadedData, split: Split, name: str
+    config: Config, model: TwoTowerModel, data: LoadedData, split: Split, name: str,
+    features: FeatureData | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``model`` on one split, excluding training items if configured."""
+    """Metrics of ``model`` on one split, excluding training items if configured. A
+    feature model's query side is each user's features and history as of the split's
+    start (``features``, prepared from the data when not given)."""
     e = config.evaluation
     seen = split.train if e.exclude_seen and name != "train" else None
-    return evaluate_model(model, split.get(name), data.items, e.ks, seen, e.chunk_size)
+    if features is None:
+        features = prepare_features(config, data, split)
+    inputs = {} if features is None else {
+        "query_inputs": features.query_inputs(name), "item_inputs": features.item_inputs(),
+    }
+    return evaluate_model(model, split.get(name), data.items, e.ks, seen, e.chunk_size, **inputs)
 
 
 def train(
@@ -407,6 +420,8 @@ def _train_into(config: Config, source: JobInput, run_dir: Path, log: Log,
         "evaluation_seconds": round(evaluation_seconds, 3),
     }
     save_weights(result.model, run_dir)
+    if result.features is not None:  # what export and evaluation need (features/)
+        feature_store.write(run_dir, result.features.stored)
     rundir.write_finish(run_dir, metrics, result.history)
 
 

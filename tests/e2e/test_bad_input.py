@@ -36,6 +36,8 @@ FILES: dict[str, bytes] = {
     "not_a_zip.zip": b"this is not a zip file",
     "models.config": b"\x00\xff binary model config",
     "a_file": b"a file, not a folder",
+    "timed.csv": b"user_id,item_id,timestamp\nu1,i1,1\nu1,i2,2\nu2,i1,3\nu2,i3,4\n",
+    "users.csv": b"user_id,gender\nu1,M\nu2,F\n",
 }
 
 
@@ -57,6 +59,14 @@ def _train(*sets: str, config: str | None = None) -> tuple[str, ...]:
 
 def _file(name: str, *sets: str) -> tuple[str, ...]:
     return _train("data.source=file", f'data.path="{{tmp}}/{name}"', *sets)
+
+
+def _features(user_feature: str) -> tuple[str, ...]:
+    """A feature model on ``timed.csv`` with ``users.csv`` and one more user feature
+    (a TOML inline-table entry)."""
+    return _file("timed.csv", 'data.user_features="{tmp}/users.csv"', "model.tower_layers=[8]",
+                 "evaluation.ks=[1]", "evaluation.monitor_k=1",
+                 f"model.user_features={{{{user_id = {{{{type = \"id\"}}}}, {user_feature}}}}}")
 
 
 CASES = [
@@ -93,6 +103,16 @@ CASES = [
     Case("file-nan-weight", _file("nan_weight.csv", 'data.columns={{weight = "weight"}}'),
          "missing, NaN or non-numeric"),
     Case("file-no-ids", _file("no_ids.csv"), "no row with both a user id and an item id"),
+    # train: feature towers
+    Case("feature-missing-column", _features('height = {{type = "numeric"}}'),
+         "has no column 'height' for feature 'height'"),
+    Case("feature-wrong-type", _features('gender = {{type = "numeric"}}'),
+         "feature 'gender' is numeric but user table"),
+    Case("feature-unknown-type", _features('gender = {{type = "ordinal"}}'),
+         "unknown feature type model.user_features.gender.type = 'ordinal'"),
+    Case("feature-history-column",
+         _features('recent = {{type = "history", column = "movie"}}'),
+         "a history is the user's earlier item ids"),
     Case("file-bad-timestamp", _file("bad_timestamp.csv", 'data.columns={{timestamp = "timestamp"}}'),
          "non-numeric"),
     Case("file-binary", _file("binary.csv"), "data file"),
