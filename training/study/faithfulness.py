@@ -79,7 +79,7 @@ class StudySettings:
     lambda2_grid: tuple[float, ...] = (25.0, 50.0, 100.0)
     grid: tuple[tuning.Setting, ...] = field(default_factory=lambda: tuple(tuning.full_grid()))
     seeds: tuple[int, ...] = tuning.SEEDS
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 1024
     early_stopping_patience: int = 1
     optimizer: str = "adam"
@@ -369,6 +369,13 @@ def _fit_two_towers(settings, data, split, phase) -> tuple[list[StudyModel], dic
     return models, record
 
 
+def _at_best(trial: tuning.Trial) -> dict[str, Any]:
+    """The probe at the best epoch, with the lowest temperature of any epoch run (shows
+    whether a temperature floor ever bound)."""
+    return trial.best | {"best_epoch": trial.best_epoch,
+                         "lowest_temperature": min(e["temperature"] for e in trial.epochs)}
+
+
 def _remedy_table(results: dict) -> list[dict[str, Any]]:
     """Each remedy's trial beside the same setting without it (seed 0)."""
     rows = []
@@ -380,8 +387,7 @@ def _remedy_table(results: dict) -> list[dict[str, Any]]:
                 continue
             rows.append({"variant": key, "remedy": trial.setting.remedy,
                          "setting": trial.setting.label, "base": base.setting.label,
-                         "with": trial.best | {"best_epoch": trial.best_epoch},
-                         "without": base.best | {"best_epoch": base.best_epoch}})
+                         "with": _at_best(trial), "without": _at_best(base)})
     return rows
 
 

@@ -195,10 +195,10 @@ def plot_genres(path: Path, genres: dict) -> None:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
         lo = min(values[metric]) - 0.05
-        ax.set_xlim(max(0.0, lo), min(1.0, max(values[metric]) + 0.05))
+        ax.set_xlim(max(0.0, lo), min(1.0, max(values[metric]) + 0.08))
         ax.grid(axis="x", alpha=0.3)
-        for i, v in enumerate(values[metric]):
-            ax.text(v, i, f" {v:.3f}", va="center", fontsize=7)
+        for i, (v, e) in enumerate(zip(values[metric], errors[metric], strict=True)):
+            ax.text(v + e, i, f"  {v:.3f}", va="center", fontsize=7)
     axes[0].axvline(0.5, color="k", lw=0.6, ls=":")
     axes[1].axvline(genres["pairs_sharing_a_genre"], color="k", lw=0.6, ls=":")
     bins = np.linspace(0, 1, 21)
@@ -209,11 +209,12 @@ def plot_genres(path: Path, genres: dict) -> None:
                      color=COLOURS["dot" if key == "dot" else "cosine_ln"],
                      label=f"{key}: mean {run['mean_jaccard@10']:.2f}; score change "
                            f"{run['max_score_change']:.0e}; {loss}")
-    axes[2].set_xlabel("Jaccard of top-10 cosine neighbours, before vs after D")
+    axes[2].set_xlabel("Jaccard@10 of cosine neighbours, before / after D")
     axes[2].set_ylabel("items")
     axes[2].set_title(f"Random diagonal D ({genres['rescalings']['draws']} draws, seed 0 "
                       "models)", fontsize=10)
-    axes[2].legend(fontsize=7)
+    axes[2].set_ylim(0, axes[2].get_ylim()[1] * 1.35)  # room for the legend
+    axes[2].legend(fontsize=6.5, loc="upper right")
     fig.suptitle(f"{genres['data'].split(';')[0]}: {genres['items_evaluated']} items "
                  f"(>= {genres['min_train_count']} training interactions, a genre)",
                  fontsize=10)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from training.study import metrics, plots
+from training.study.tuning import front
 
 SCORE_TOLERANCE_TEXT = "1e-04"
 
@@ -205,24 +206,41 @@ def _remedy_lines(figures: dict) -> list[str]:
                      f"{w['cross']:.2f}",
                      f"{wo['uniformity']:.2f} -> {w['uniformity']:.2f}",
                      f"{wo['validation_recall@10']:.4f} -> {w['validation_recall@10']:.4f}",
-                     f"{wo['temperature']:.3f} -> {w['temperature']:.3f}"])
+                     f"{wo['temperature']:.3f} -> {w['temperature']:.3f}",
+                     f"{wo['lowest_temperature']:.3f} -> {w['lowest_temperature']:.3f}"])
     return _table(["variant", "remedy", "setting", "compared with", "AUC",
-                   "cos within / cross", "uniformity", "validation Recall@10", "T"], rows)
+                   "cos within / cross", "uniformity", "validation Recall@10",
+                   "T at best epoch", "lowest T of any epoch"], rows)
 
 
 def _grid_lines(figures: dict) -> list[str]:
     rows = []
     for key, v in figures["two_tower"]["variants"].items():
-        for t in v["grid"]:
+        on_front = set(front([(t["at_best_epoch"]["validation_recall@10"],
+                               t["at_best_epoch"]["auc"]) for t in v["grid"]]))
+        for k, t in enumerate(v["grid"]):
             b = t["at_best_epoch"]
             mark = ("validation pick" if t["label"] == v["chosen"] else "") + (
-                ", highest AUC near the best" if t["label"] == v["balanced"] else "")
+                ", highest AUC near the best" if t["label"] == v["balanced"] else "") + (
+                ", front" if k in on_front else "")
             rows.append([key, t["label"], mark.strip(", "), f"{t['best_epoch']} of {t['epochs_run']}",
                          f"{b['validation_recall@10']:.4f}", f"{b['auc']:.3f}",
                          f"{b['within']:.2f} / {b['cross']:.2f}", f"{b['uniformity']:.2f}",
                          f"{b['temperature']:.3f}", f"{t['seconds']:.0f}"])
-    return _table(["variant", "setting", "picked as", "best epoch", "validation Recall@10", "AUC",
+    return _table(["variant", "setting", "picked as / on the front", "best epoch", "validation Recall@10", "AUC",
                    "cos within / cross", "uniformity", "T at best epoch", "s"], rows)
+
+
+def _capped_lines(figures: dict) -> list[str]:
+    """The settings still improving when the epoch cap stopped them."""
+    cap = figures["two_tower"]["epochs_max"]
+    capped = [f"{key} {t['label']} ({t['at_best_epoch']['validation_recall@10']:.4f})"
+              for key, v in figures["two_tower"]["variants"].items() for t in v["grid"]
+              if t["best_epoch"] == cap]
+    if not capped:
+        return [f"No setting was still improving at the cap of {cap} epochs.", ""]
+    return [f"Still improving at the cap of {cap} epochs (best validation Recall@10 in the "
+            f"last epoch), so these may be under-trained: {'; '.join(capped)}.", ""]
 
 
 def _genre_lines(g: dict) -> list[str]:
@@ -422,6 +440,7 @@ def render_report(figures: dict) -> str:
         "",
         "![AUC-recall front](auc_recall_front.png)",
         "",
+        *_capped_lines(figures),
         "<details><summary>every grid setting (seed 0, at its best epoch)</summary>",
         "",
         *_grid_lines(figures),
@@ -476,3 +495,21 @@ def render_report(figures: dict) -> str:
     ]
     return "\n".join(lines)
 
+
+
+def rerender(out: Path) -> None:
+    """Re-renders ``report.md`` and the figures drawn from numbers alone (not the heatmaps,
+    which need the models) from ``out/figures.json``: a report change without a rerun."""
+    figures = json.loads((out / "figures.json").read_text())
+    variants = figures["two_tower"]["variants"]
+    atomic_write(out / "training_curves.png", lambda p: plots.plot_training_curves(p, variants))
+    atomic_write(out / "auc_recall_front.png",
+                 lambda p: plots.plot_front(p, variants, figures["two_tower"]["targets"]))
+    atomic_write(out / "movielens_genres.png", lambda p: plots.plot_genres(p, figures["genres"]))
+    atomic_write(out / "report.md", lambda p: p.write_text(render_report(figures)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    rerender(Path(sys.argv[1]))
