@@ -88,6 +88,8 @@ def plot_training_curves(path: Path, variants: dict[str, dict]) -> None:
     each epoch; grey: every grid setting (seed 0); colour: the validation pick (solid, one
     line per seed) and the highest-AUC setting near the best recall (dashed)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     keys = list(variants)
     fig, axes = plt.subplots(2, len(keys), figsize=(3.4 * len(keys), 6.2), squeeze=False,
                              sharey="row", layout="constrained")
@@ -105,6 +107,7 @@ def plot_training_curves(path: Path, variants: dict[str, dict]) -> None:
                             color=COLOURS.get(key, "k"), lw=1.6, marker="o", ms=3,
                             label=f"{which}: {trial['label']}" if trial["seed"] == 0 else None)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(v["label"].replace("two-tower ", ""), fontsize=10)
