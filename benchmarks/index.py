@@ -5,7 +5,7 @@
 
 For each catalog size: clustered synthetic vectors (``--clusters`` centres drawn from
 N(0, I), each vector a centre plus N(0, sigma^2 I) noise; users drawn the same way) are
-exported twice with ``export.savedmodel.export_tables`` (cosine head, K=``--k``): with
+exported twice with ``export.export_tables`` (cosine head, K=``--k``): with
 the ScaNN index its plan chooses from the catalog size, and with the exact brute-force
 index of stock TensorFlow ops. Each export is then loaded (``tf.saved_model.load``
 after ``register_scann_ops``) and its ``serving_default`` signature is timed with user ids
@@ -47,7 +47,7 @@ def clustered_vectors(
 
 
 def synthetic_tables(num_items: int, num_users: int, dim: int, clusters: int, sigma: float, seed: int):
-    from export.savedmodel import EmbeddingTables
+    from export import EmbeddingTables
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
@@ -74,7 +74,7 @@ def measure(
     """Loads ``export_dir`` and times ``serving_default``; recall@k against exact top-k."""
     import tensorflow as tf
 
-    from export import index as index_lib
+    from export.recall import exact_top_k, recall_at_k
     from export.scann_ops import register_scann_ops
 
     register_scann_ops()
@@ -91,7 +91,7 @@ def measure(
     queries_unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
     catalog = tables.item_vectors[1:]
     catalog = catalog / np.maximum(np.linalg.norm(catalog, axis=1, keepdims=True), 1e-6)
-    exact_scores, _ = index_lib.exact_top_k(queries_unit, catalog, k)
+    exact_scores, _ = exact_top_k(queries_unit, catalog, k)
     found = []
     for start in range(0, len(sample), 256):
         ids = serve(user_id=tf.constant(users[sample[start : start + 256]]))["item_ids"].numpy()
@@ -99,7 +99,7 @@ def measure(
     found_ids = np.concatenate(found)
     position = {item: i for i, item in enumerate(tables.items)}
     found_rows = np.vectorize(lambda b: position.get(b.decode(), -1), otypes=[np.int64])(found_ids)
-    recall = index_lib.recall_at_k(queries_unit, catalog, found_rows, exact_scores)
+    recall = recall_at_k(queries_unit, catalog, found_rows, exact_scores)
 
     single = [tf.constant(users[rng.integers(len(users), size=1)]) for _ in range(queries)]
     for request in single[:20]:  # warm-up
@@ -149,21 +149,18 @@ def _size_mb(path: Path) -> float:
 
 
 def run_catalog(label: str, tables, args, work: Path, log, k: int | None = None) -> list[dict]:
-    from export.savedmodel import export_tables, read_model_card
+    from export import ExportOptions, export_tables, read_model_card
 
     k = k or args.k
     rows = []
     for kind in ("scann", "brute-force"):
         log(f"{label}: exporting {kind}")
         started = time.perf_counter()
+        options = ExportOptions(
+            index=kind, k=k, min_recall=args.min_recall, verify=not args.no_verify
+        )
         path = export_tables(
-            tables,
-            work / f"{label}-{kind}",
-            index=kind,
-            k=k,
-            min_recall=args.min_recall,
-            verify=not args.no_verify,
-            log=lambda message: log(f"  {message}"),
+            tables, work / f"{label}-{kind}", options, log=lambda message: log(f"  {message}")
         )
         export_seconds = time.perf_counter() - started
         card = read_model_card(path)
@@ -258,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             del tables
             gc.collect()
         if args.run_dir is not None:
-            from export.savedmodel import EmbeddingTables
-            from training.rundir import load_run
+            from export import EmbeddingTables
+            from training.modeling import load_run
 
             run = load_run(args.run_dir)
             tables = EmbeddingTables.from_model(run.model, run.users, run.items)

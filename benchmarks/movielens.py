@@ -59,8 +59,9 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 
 from tfrs_cosine import DotHead  # noqa: E402
 from training.config import Config, config_from_dict  # noqa: E402
-from training.data import Interactions, LoadedData, generate_synthetic  # noqa: E402
+from training.data import generate_synthetic
 from training.evaluation import evaluate_model  # noqa: E402
+from training.schema import Interactions, LoadedData  # noqa: E402
 from training.splits import Split, leave_last_out, random_split  # noqa: E402
 from training.train import fit  # noqa: E402
 

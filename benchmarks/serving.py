@@ -1,41 +1,48 @@
-"""Serving latency: gRPC and REST through ``tfrs-cosine serve`` vs the in-process call.
+"""Serving: server-added latency, batching throughput, REST vs gRPC, client cost.
 
-One run measures, on the same export:
+One run measures, on one export, against peers measured in the same run:
 
-- ``in-process``: the loaded signature called in this process (``tf.saved_model.load``,
-  ``signatures[name](**tensors)``, outputs to numpy): the peer every other row is
-  compared with;
-- ``grpc``: ``PredictionServiceStub.Predict`` against the server subprocess (request
-  protos built once per distinct input, response parsed by the stub);
-- ``rest``: ``POST /v1/models/NAME:predict`` (columnar JSON) on a keep-alive
-  ``http.client`` connection per client thread, answer parsed with ``json``;
+- (a) **server-added latency** at batch 1 with 1 client: gRPC p50 of ``tfrs-cosine serve``
+  minus the p50 of the same signature called in this process
+  (``tf.saved_model.load(...).signatures[name](**tensors)``, outputs to numpy), against
+  the **transport floor**: the p50 of a gRPC server subprocess that answers every Predict
+  with a fixed, real answer of the same size (no model). Target: added <= floor + 0.1 ms.
+- (b) **throughput** with 16 and 64 concurrent clients sending batch-1 requests, with
+  ``--enable_batching`` against without. Target: at least 3x queries/second. The same
+  comparison without the transport (``ServerCore.predict`` called by threads of this
+  process) shows what batching does for the model side alone.
+- (c) **REST** at batch 64 with 16 clients against gRPC at the same load. Target: REST
+  p50 at most 2x gRPC's.
+- (d) several server processes on one port: built, measured at commit 0fb2a17 with this
+  script (rows "2 processes"), no gain on 2 shared cores, not shipped (BENCHMARKS.md).
+- (e) what a client process pays: importing ``tensorflow_serving.apis.predict_pb2`` (all of
+  TensorFlow) against ``serving.client`` (no TensorFlow), and one ``tfrs-cosine query``.
 
-for ``serving_default`` at batch 1 and 64 and ``explain`` (1 user x K items), with 1, 4
-and 16 concurrent client threads. Reports p50/p99 latency and queries/second, and the
-p50 ratio of each row to the in-process call at the same concurrency.
-
-Clients, server and the in-process model share the machine's cores, so concurrency
-above the core count measures contention as much as the server.
+Clients: (a) and (c) are threads of this process with prebuilt requests (official stubs;
+keep-alive ``http.client`` connections for REST); (b) runs ``grpc.aio`` clients
+(N coroutines, each with one request in flight) in a separate process, so the load
+generator does not share this process's interpreter lock with the in-process model.
+Servers, clients and the in-process model share the machine's cores: ratios within the
+run are what count.
 
 Usage::
 
     .venv/bin/python -m benchmarks.serving [--model-base-path models/NAME] [--seconds 3]
         [--out benchmarks/results/serving.md]
 
-Without ``--model-base-path`` it trains the synthetic default for 2 epochs and exports
-it with ScaNN (K=10) into a temporary folder first.
+Without ``--model-base-path`` it trains the synthetic default for 2 epochs and exports it
+with ScaNN (K=10) into a temporary folder first (about a minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,305 +55,389 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import (  # noqa: E402
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench"
+BATCHING = (
+    "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1000 }\n"
+    "max_enqueued_batches { value: 1000 }\nnum_batch_threads { value: 2 }\n"
+)
 
 
 def log(message: str) -> None:
     print(f"[serving-bench] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def percentiles(latencies: list[float], elapsed: float) -> dict[str, float]:
+    ms = np.array(latencies) * 1000
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "qps": len(ms) / elapsed, "n": len(ms)}
 
 
-def make_export(workdir: Path, k: int, overrides: list[str]) -> Path:
-    run_dir = workdir / "run"
-    base = workdir / "models" / MODEL
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    sets = [a for o in ["training.epochs=2", *overrides] for a in ("--set", o)]
-    log(f"training the synthetic default ({' '.join(sets)})")
-    subprocess.run(
-        [sys.executable, "-m", "training.cli", "train", "--run-dir", str(run_dir), *sets],
-        cwd=ROOT, env=env, check=True, capture_output=True,
-    )
-    log("exporting with ScaNN")
-    code = (
-        "from export.savedmodel import export_savedmodel\n"
-        f"export_savedmodel({str(run_dir)!r}, {str(base)!r}, version=1, index='scann', k={k}, "
-        "log=lambda m: None)"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True)
-    return base
-
-
-def start_server(base: Path, logfile: Path) -> tuple[subprocess.Popen, int, int]:
-    grpc_port, rest_port = free_port(), free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "serve", "--model_name", MODEL,
-         "--model_base_path", str(base), "--port", str(grpc_port),
-         "--rest_api_port", str(rest_port), "--file_system_poll_wait_seconds", "0"],
-        cwd=ROOT, env=env, stdout=open(logfile, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
-    )
-    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = MODEL
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited:\n{logfile.read_text()[-2000:]}")
-        try:
-            if stub.GetModelStatus(request, timeout=2).model_version_status:
-                return process, grpc_port, rest_port
-        except grpc.RpcError:
-            time.sleep(0.3)
-    raise SystemExit("server did not become available")
-
-
-def measure(call: Callable[[int], None], clients: int, seconds: float) -> dict[str, float]:
-    """Runs ``call(i)`` in ``clients`` threads for ``seconds``; latency percentiles and QPS."""
+def measure_threads(call: Callable[[int], None], clients: int, seconds: float) -> dict[str, float]:
+    """``call(i)`` in ``clients`` threads for ``seconds`` (after 3 warm-up calls each)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
-    start = threading.Barrier(clients + 1)
+    barrier = threading.Barrier(clients + 1)
     stop_at = [0.0]
 
     def worker(index: int) -> None:
-        for i in range(3):  # warm-up calls, not recorded
-            call(index * 1000 + i)
-        start.wait()
-        out = latencies[index]
-        i = 0
+        try:
+            for i in range(3):
+                call(index * 1000 + i)
+        except BaseException as error:
+            errors.append(error)
+        barrier.wait()
+        out, i = latencies[index], 0
         try:
             while time.perf_counter() < stop_at[0]:
                 t0 = time.perf_counter()
                 call(index * 1000 + i)
                 out.append(time.perf_counter() - t0)
                 i += 1
-        except BaseException as error:  # reported after the run
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     stop_at[0] = time.perf_counter() + 3600
-    start.wait()
+    barrier.wait()
     began = time.perf_counter()
     stop_at[0] = began + seconds
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - began
     if errors:
         raise errors[0]
-    flat = np.array([x for per in latencies for x in per]) * 1000
-    return {
-        "p50": float(np.percentile(flat, 50)),
-        "p99": float(np.percentile(flat, 99)),
-        "qps": len(flat) / elapsed,
-        "n": len(flat),
-    }
+    return percentiles([x for per in latencies for x in per], time.perf_counter() - began)
 
 
-def transport_floor(request, response, seconds: float) -> dict[str, float]:
-    """gRPC round trip of a servicer that returns a fixed, real-sized answer: the floor of
-    Python gRPC (client and server in this process) without any model work."""
+# ----------------------------------------------------------------------------- aio load
 
-    class Fixed(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, _request, _context):  # noqa: N802
-            return response
 
+async def _aio_load(target: str, requests: list[bytes], clients: int, seconds: float) -> dict:
+    from serving.wire import METHODS
+
+    path = METHODS["Predict"][0]
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+        latencies: list[float] = []
+        for request in requests[:clients]:  # warm-up
+            await call(request, timeout=60)
+        stop_at = time.perf_counter() + seconds
+
+        async def client(index: int) -> None:
+            i = index
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                await call(requests[i % len(requests)], timeout=60)
+                latencies.append(time.perf_counter() - t0)
+                i += clients
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        return percentiles(latencies, time.perf_counter() - began)
+
+
+def aio_load_main(argv: list[str]) -> int:
+    """Child process: ``--aio-load TARGET REQUESTS_FILE CLIENTS SECONDS`` -> JSON on stdout."""
+    target, requests_file, clients, seconds = argv
+    blob = Path(requests_file).read_bytes()
+    requests, offset = [], 0
+    while offset < len(blob):
+        size = int.from_bytes(blob[offset:offset + 4], "little")
+        requests.append(blob[offset + 4:offset + 4 + size])
+        offset += 4 + size
+    result = asyncio.run(_aio_load(target, requests, int(clients), float(seconds)))
+    print(json.dumps(result))
+    return 0
+
+
+def measure_aio(target: str, requests_file: Path, clients: int, seconds: float) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serving", "--aio-load", target, str(requests_file),
+         str(clients), str(seconds)],
+        cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"load generator failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- floor server
+
+
+def fixed_answer_main(argv: list[str]) -> int:
+    """Child process: ``--fixed-answer PORT RESPONSE_FILE``: a gRPC server that answers every
+    Predict with the same serialized response (the transport floor, no model)."""
     from concurrent import futures
 
+    from serving.wire import PREDICTION_SERVICE
+
+    port, response_file = argv
+    answer = Path(response_file).read_bytes()
+    handler = grpc.method_handlers_generic_handler(
+        PREDICTION_SERVICE,
+        {"Predict": grpc.unary_unary_rpc_method_handler(lambda request, context: answer)},
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Fixed(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        result = measure(lambda i: stub.Predict(request, timeout=60), 1, seconds)
-        channel.close()
-    finally:
-        server.stop(0)
-    return result
+    print("ready", flush=True)
+    server.wait_for_termination()
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def wall(command: list[str]) -> float:
+    """Seconds a fresh process takes to run ``command`` to its end."""
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return time.perf_counter() - started
+
+
+def make_export(workdir: Path, k: int, overrides: list[str]) -> Path:
+    run_dir, base = workdir / "run", workdir / "models" / MODEL
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    sets = [a for o in ["training.epochs=2", *overrides] for a in ("--set", o)]
+    log(f"training the synthetic default ({' '.join(sets)})")
+    subprocess.run([sys.executable, "-m", "training.cli", "train", "--run-dir", str(run_dir), *sets],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    log("exporting with ScaNN")
+    subprocess.run([sys.executable, "-m", "training.cli", "export", str(run_dir), "--model-base-path",
+                    str(base), "--index", "scann", "--k", str(k)],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    return base
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--aio-load"]:
+        return aio_load_main(argv[1:])
+    if argv[:1] == ["--fixed-answer"]:
+        return fixed_answer_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-base-path", type=Path, help="an export (models/NAME)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per configuration")
     parser.add_argument("--k", type=int, default=10, help="K when this script exports")
-    parser.add_argument("--clients", default="1,4,16")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="training override when this script trains (e.g. data.num_items=20000)",
-    )
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="training override when this script trains")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.md")
     args = parser.parse_args(argv)
-    clients_list = [int(c) for c in args.clients.split(",")]
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from export.contract import SERVING_DEFAULT
+    from serving.process import ServerProcess, free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    server = None
+    servers: list[ServerProcess] = []
+    rows: dict[str, dict] = {}
+
+    def start(name: str, *flags: str) -> ServerProcess:
+        log(f"starting tfrs-cosine serve ({name})")
+        srv = ServerProcess(["--model_name", MODEL, "--model_base_path", str(base),
+                             "--file_system_poll_wait_seconds", "0", *flags],
+                            workdir / f"{name}.log")
+        servers.append(srv)
+        srv.wait_available(MODEL)
+        return srv
+
+    def record(key: str, result: dict) -> dict:
+        rows[key] = result
+        log(f"{key:44s} p50 {result['p50']:7.2f} ms  p99 {result['p99']:7.2f} ms  {result['qps']:8.0f} q/s")
+        return result
+
     try:
         base = args.model_base_path or make_export(workdir, args.k, args.set)
-        versions = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit())
-        version_dir = base / str(versions[-1])
-        users = (
-            (version_dir / "assets" / "users.txt").read_text().split("\n")
-            if (version_dir / "assets" / "users.txt").is_file()
-            else [f"u{i:03d}" for i in range(1000)]
-        )
-        users = [u for u in users if u][:1024]
+        version_dir = base / str(max(int(p.name) for p in base.iterdir() if p.name.isdigit()))
+        users = [u for u in (version_dir / "assets" / "users.txt").read_text().split("\n") if u][:1024]
+        (user_key,) = SERVING_DEFAULT.input_names
+        rng = np.random.default_rng(0)
+        ones = [[users[int(i)]] for i in rng.integers(0, len(users), 256)]
+        sixty_fours = [[users[int(i)] for i in rng.integers(0, len(users), 64)] for _ in range(16)]
 
-        log("starting tfrs-cosine serve")
-        server, grpc_port, rest_port = start_server(base, workdir / "server.log")
+        def request_of(ids: list[str]) -> predict_pb2.PredictRequest:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = MODEL
+            request.model_spec.signature_name = SERVING_DEFAULT.name
+            request.inputs[user_key].CopyFrom(tf.make_tensor_proto(np.array(ids, dtype=object)))
+            return request
 
-        log(f"loading {version_dir} in-process")
+        requests_1 = [request_of(ids) for ids in ones]
+        requests_64 = [request_of(ids) for ids in sixty_fours]
+        bodies_64 = [json.dumps({"inputs": {user_key: ids}}).encode() for ids in sixty_fours]
+        requests_file = workdir / "requests-b1.bin"
+        requests_file.write_bytes(b"".join(
+            len(data).to_bytes(4, "little") + data for data in (r.SerializeToString() for r in requests_1)
+        ))
+
+        # ---- in-process peer
         from export.scann_ops import register_scann_ops
 
         register_scann_ops()
-        loaded = tf.saved_model.load(str(version_dir))
-        recommend_fn = loaded.signatures["serving_default"]
-        top = recommend_fn(user_id=tf.constant(users[:1]))["item_ids"].numpy()[0]
-        items = [i.decode() for i in top]
-        k = len(items)
+        log(f"loading {version_dir} in-process")
+        function = tf.saved_model.load(str(version_dir)).signatures[SERVING_DEFAULT.name]
+        tensors_1 = [{user_key: tf.constant(ids)} for ids in ones]
+        tensors_64 = [{user_key: tf.constant(ids)} for ids in sixty_fours]
 
-        rng = np.random.default_rng(0)
-        batches = {
-            1: [users[int(i)] for i in rng.integers(0, len(users), 64)],
-            64: [[users[int(i)] for i in rng.integers(0, len(users), 64)] for _ in range(16)],
-        }
-        workloads = {
-            "serving_default b=1": ("serving_default", [{"user_id": [u]} for u in batches[1]]),
-            "serving_default b=64": ("serving_default", [{"user_id": b} for b in batches[64]]),
-            f"explain 1x{k}": ("explain", [{"user_id": [u], "item_ids": [items]} for u in batches[1][:16]]),
-        }
+        def in_process(tensors):
+            def call(i: int) -> None:
+                for value in function(**tensors[i % len(tensors)]).values():
+                    value.numpy()
+            return call
 
-        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        record("in-process b=1, 1 client", measure_threads(in_process(tensors_1), 1, args.seconds))
+        record("in-process b=64, 16 clients", measure_threads(in_process(tensors_64), 16, args.seconds))
+
+        # ---- batching without a transport: ServerCore.predict called by threads of this process
+        from serving.batching import BatchingParameters
+        from serving.core import ServerCore
+        from serving.versions import ModelConfig
+
+        for batching in (None, BatchingParameters.from_text(BATCHING)):
+            core = ServerCore([ModelConfig(MODEL, base)], poll_seconds=0, batching=batching)
+            core.load_initial()
+            for clients in (16, 64):
+                record(f"core {'on' if batching else 'off'}: b=1, {clients} threads",
+                       measure_threads(lambda i, core=core: core.predict(requests_1[i % 256]), clients, args.seconds))
+            core.stop()
+
+        # ---- (a) server-added latency and the transport floor
+        plain = start("plain")
+        channel = grpc.insecure_channel(plain.target)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        answer = workdir / "answer.bin"
+        answer.write_bytes(stub.Predict(requests_1[0], timeout=60).SerializeToString())
+        floor_port = free_port()
+        floor = ServerProcess([], workdir / "floor.log", grpc_port=floor_port, rest_port=0, command=[
+            sys.executable, "-m", "benchmarks.serving", "--fixed-answer", str(floor_port), str(answer)])
+        servers.append(floor)
+        floor_channel = grpc.insecure_channel(floor.target)
+        grpc.channel_ready_future(floor_channel).result(timeout=60)
+        floor_stub = prediction_service_pb2_grpc.PredictionServiceStub(floor_channel)
+
+        def over(stub_, requests):
+            return lambda i: stub_.Predict(requests[i % len(requests)], timeout=60)
+
+        for rep in range(2):  # interleaved, twice: the machine's noise hits both alike
+            record(f"floor b=1, 1 client #{rep}", measure_threads(over(floor_stub, requests_1), 1, args.seconds))
+            record(f"gRPC b=1, 1 client #{rep}", measure_threads(over(stub, requests_1), 1, args.seconds))
+
+        # ---- (c) REST vs gRPC at batch 64, 16 clients
         local = threading.local()
 
-        def rest_connection() -> http.client.HTTPConnection:
+        def rest(i: int) -> None:
             if not hasattr(local, "conn"):
-                local.conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
-            return local.conn
+                local.conn = http.client.HTTPConnection("127.0.0.1", plain.rest_port, timeout=60)
+            local.conn.request("POST", f"/v1/models/{MODEL}:predict", body=bodies_64[i % len(bodies_64)],
+                               headers={"Content-Type": "application/json"})
+            response = local.conn.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(data[:300])
+            json.loads(data)
 
-        rows = []
-        first_request = None
-        for workload, (signature, inputs) in workloads.items():
-            fn = loaded.signatures[signature]
-            tensors = [{k_: tf.constant(v) for k_, v in x.items()} for x in inputs]
-            requests = []
-            for x in inputs:
-                request = predict_pb2.PredictRequest()
-                request.model_spec.name = MODEL
-                request.model_spec.signature_name = signature
-                for key, value in x.items():
-                    request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-                requests.append(request)
-            first_request = first_request or requests[0]
-            bodies = [
-                json.dumps({"signature_name": signature, "inputs": x}).encode() for x in inputs
-            ]
+        # ---- (e) what a client process pays: imports, and one `tfrs-cosine query`
+        for name, code in (("import tensorflow_serving.apis.predict_pb2", "from tensorflow_serving.apis import predict_pb2"),
+                           ("import serving.client", "import serving.client")):
+            rows[name] = {"seconds": [wall([sys.executable, "-c", code]) for _ in range(3)]}
+            log(f"{name:44s} {min(rows[name]['seconds']):.2f} s (best of 3 fresh processes)")
+        query = [sys.executable, "-m", "training.cli", "query", "--target", plain.target, "--model", MODEL,
+                 "recommend", users[0]]
+        rows["tfrs-cosine query recommend"] = {"seconds": [wall(query) for _ in range(3)]}
+        log(f"{'tfrs-cosine query recommend':44s} {min(rows['tfrs-cosine query recommend']['seconds']):.2f} s")
 
-            def in_process(i: int, fn=fn, tensors=tensors) -> None:
-                out = fn(**tensors[i % len(tensors)])
-                for value in out.values():
-                    value.numpy()
-
-            def over_grpc(i: int, requests=requests) -> None:
-                stub.Predict(requests[i % len(requests)], timeout=60)
-
-            def over_rest(i: int, bodies=bodies) -> None:
-                conn = rest_connection()
-                conn.request(
-                    "POST", f"/v1/models/{MODEL}:predict", body=bodies[i % len(bodies)],
-                    headers={"Content-Type": "application/json"},
-                )
-                answer = conn.getresponse()
-                data = answer.read()
-                if answer.status != 200:
-                    raise RuntimeError(data[:300])
-                json.loads(data)
-
-            for clients in clients_list:
-                peer = None
-                for transport, call in (("in-process", in_process), ("gRPC", over_grpc), ("REST", over_rest)):
-                    local.__dict__.clear()
-                    result = measure(call, clients, args.seconds)
-                    if transport == "in-process":
-                        peer = result["p50"]
-                    rows.append((workload, clients, transport, result, result["p50"] / peer))
-                    log(
-                        f"{workload:22s} clients={clients:2d} {transport:10s} "
-                        f"p50 {result['p50']:7.2f} ms  p99 {result['p99']:7.2f} ms  "
-                        f"{result['qps']:8.1f} q/s  ({result['p50'] / peer:.2f}x in-process)"
-                    )
-        floor = transport_floor(first_request, stub.Predict(first_request, timeout=60), args.seconds)
-        log(f"gRPC transport floor (fixed answer, no model): p50 {floor['p50']:.2f} ms")
+        record("gRPC b=64, 16 clients", measure_threads(over(stub, requests_64), 16, args.seconds))
+        record("REST b=64, 16 clients", measure_threads(rest, 16, args.seconds))
         channel.close()
+
+        # ---- (b) batching off vs on, (d) processes
+        for clients in (16, 64):
+            record(f"off: gRPC b=1, {clients} clients", measure_aio(plain.target, requests_file, clients, args.seconds))
+        plain.stop()
+        batching_file = workdir / "batching.config"
+        batching_file.write_text(BATCHING)
+        batched = start("batching", "--enable_batching", "--batching_parameters_file", str(batching_file))
+        for clients in (16, 64):
+            record(f"on: gRPC b=1, {clients} clients", measure_aio(batched.target, requests_file, clients, args.seconds))
+        batched.stop()
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        for srv in servers:
+            srv.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    command = "  ".join(["", ".venv/bin/python -m benchmarks.serving", *(argv or sys.argv[1:])]).strip()
-    load = os.getloadavg()
-    lines = [
-        "# Serving latency: tfrs-cosine serve (gRPC, REST) vs the in-process call",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
-        f"{load[2]:.1f} (shared machine). Export: {'given' if args.model_base_path else 'synthetic default, 2 epochs, ScaNN'}, "
-        f"K={k}, {len(users)} users sampled. {args.seconds:.0f} s per row; clients are threads in "
-        "one process, on the same cores as the server.",
-        "",
-        "| workload | clients | transport | p50 ms | p99 ms | queries/s | p50 vs in-process |",
-        "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    for workload, clients, transport, result, ratio in rows:
-        lines.append(
-            f"| {workload} | {clients} | {transport} | {result['p50']:.2f} | {result['p99']:.2f} | "
-            f"{result['qps']:.0f} | {ratio:.2f}x |"
-        )
-    target = next(
-        r for r in rows if r[0] == "serving_default b=1" and r[1] == clients_list[0] and r[2] == "gRPC"
-    )
-    verdict = "met" if target[4] <= 1.5 else "NOT met"
-    in_process = next(r for r in rows if r[:3] == (target[0], target[1], "in-process"))[3]["p50"]
-    lines += [
-        "",
-        f"Target (gRPC p50 at batch 1, {clients_list[0]} client, within 1.5x of in-process): "
-        f"{target[4]:.2f}x, {verdict}.",
-        "",
-        f"gRPC transport floor, measured in the same run: a servicer in the benchmark process "
-        f"that returns a fixed answer of the same size (no model, no server subprocess) has p50 "
-        f"{floor['p50']:.2f} ms, p99 {floor['p99']:.2f} ms with 1 client; the in-process call "
-        f"is {in_process:.2f} ms. Floor + call = {floor['p50'] + in_process:.2f} ms = "
-        f"{(floor['p50'] + in_process) / in_process:.2f}x the call: at this model size Python "
-        "gRPC's round trip alone exceeds the 1.5x budget, whatever the server does.",
-    ]
-    text = "\n".join(lines) + "\n"
+    text = report(rows, args, argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     return 0
+
+
+def report(rows: dict[str, dict], args, argv: list[str]) -> str:
+    import tensorflow as tf
+
+    def r(key: str) -> dict:
+        return rows[key]
+
+    def line(key: str, peer: str | None = None) -> str:
+        row = r(key)
+        ratio = f"{row['qps'] / r(peer)['qps']:.2f}x" if peer else ""
+        return f"| {key} | {row['p50']:.2f} | {row['p99']:.2f} | {row['qps']:.0f} | {ratio} |"
+
+    grpc_p50 = min(r(f"gRPC b=1, 1 client #{i}")["p50"] for i in range(2))
+    floor_p50 = min(r(f"floor b=1, 1 client #{i}")["p50"] for i in range(2))
+    local_p50 = r("in-process b=1, 1 client")["p50"]
+    added = grpc_p50 - local_p50
+    ok_a = added <= floor_p50 + 0.1
+    speedups = {c: r(f"on: gRPC b=1, {c} clients")["qps"] / r(f"off: gRPC b=1, {c} clients")["qps"] for c in (16, 64)}
+    ok_b = all(s >= 3 for s in speedups.values())
+    rest_ratio = r("REST b=64, 16 clients")["p50"] / r("gRPC b=64, 16 clients")["p50"]
+    ok_c = rest_ratio <= 2
+    load = os.getloadavg()
+    command = " ".join([".venv/bin/python -m benchmarks.serving", *argv])
+    out = [
+        "# Serving: server-added latency, batching, REST, client cost",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}. "
+        f"Export: {'given' if args.model_base_path else 'synthetic default (2,000 users, 300 items), 2 epochs, ScaNN'}, "
+        f"K={args.k}, signature serving_default. {args.seconds:.0f} s per row.",
+        "",
+        "| row | p50 ms | p99 ms | queries/s | queries/s vs peer |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    out += [line(k) for k in rows if k.startswith(("in-process", "floor", "gRPC b=1"))]
+    for c in (16, 64):
+        out += [line(f"core off: b=1, {c} threads"), line(f"core on: b=1, {c} threads", f"core off: b=1, {c} threads")]
+    out += [line("gRPC b=64, 16 clients"), line("REST b=64, 16 clients", "gRPC b=64, 16 clients")]
+    for c in (16, 64):
+        out += [line(f"off: gRPC b=1, {c} clients"), line(f"on: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients")]
+    out += [
+        "",
+        f"- (a) server-added latency, batch 1, 1 client: gRPC p50 {grpc_p50:.2f} ms - in-process "
+        f"{local_p50:.2f} ms = {added:.2f} ms; transport floor (fixed answer, no model) p50 "
+        f"{floor_p50:.2f} ms; target <= floor + 0.1 = {floor_p50 + 0.1:.2f} ms: "
+        f"{'met' if ok_a else 'missed'} (lowest of two interleaved rows each).",
+        f"- (b) batching on vs off, batch-1 requests: {speedups[16]:.2f}x at 16 clients, "
+        f"{speedups[64]:.2f}x at 64; target >= 3x: {'met' if ok_b else 'missed'}. Without the "
+        "gRPC transport (ServerCore.predict in this process): "
+        + ", ".join(f"{r(f'core on: b=1, {c} threads')['qps'] / r(f'core off: b=1, {c} threads')['qps']:.2f}x at {c}"
+                    for c in (16, 64)) + ".",
+        f"- (c) REST / gRPC p50 at batch 64, 16 clients: {rest_ratio:.2f}x; target <= 2x: "
+        f"{'met' if ok_c else 'missed'}.",
+        "- (e) a client process, best of 3 fresh processes: "
+        + "; ".join(f"`{k}` {min(rows[k]['seconds']):.2f} s" for k in (
+            "import tensorflow_serving.apis.predict_pb2", "import serving.client", "tfrs-cosine query recommend")),
+    ]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

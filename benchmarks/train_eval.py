@@ -27,9 +27,9 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data import generate_synthetic  # noqa: E402
 from training.evaluation import embed, evaluate_model  # noqa: E402
+from training.modeling import build_model  # noqa: E402
 from training.pipeline import make_training_dataset  # noqa: E402
 from training.splits import random_split  # noqa: E402
-from training.train import build_model  # noqa: E402
 
 KS = [1, 5, 10, 50, 100]
 

@@ -3,17 +3,18 @@
     python -m export.verify models/NAME/3 [more export dirs] [--reference reference.npz]
         [--min-recall 0.95] [--json]
 
-This module imports TensorFlow, numpy and ``export.scann_ops`` only: never TensorFlow
-Recommenders, ``tfrs_cosine`` or ``training``, and it does not need
+This module imports TensorFlow, numpy, ``export.contract`` and ``export.scann_ops`` only:
+never TensorFlow Recommenders, ``tfrs_cosine`` or ``training``, and it does not need
 ``TF_USE_LEGACY_KERAS``. It checks
 
-* the signatures' names, dtypes and shapes in ``saved_model.pb`` against the contract
-  (docs/architecture.md), before loading anything;
+* the signatures' names, dtypes and shapes in ``saved_model.pb`` against
+  ``export.contract`` (``contract_problems``), before loading anything;
 * the op set of the graph: a brute-force export must contain only ops registered in a
   TensorFlow process with no custom ops loaded (what stock TF Serving can run);
 * after loading (ScaNN ops registered first when the index is ScaNN), every signature
-  on the vocabulary's first ids and an unknown id: shapes, flags, ordering, ranges;
-* with ``--reference`` (written by ``export.savedmodel`` from the in-memory model):
+  on the vocabulary's first ids and an unknown id: shapes, flags, ordering, ranges,
+  and that ``explain`` refuses inputs whose batch sizes differ;
+* with ``--reference`` (written by ``export.reference`` from the in-memory model):
   every signature against the expected values: top-K ids identical for the brute-force
   index (up to ties), recall@K at least ``--min-recall`` for ScaNN, explanations and
   embeddings equal within tolerance.
@@ -33,61 +34,38 @@ from typing import Any
 
 import numpy as np
 
+from export import contract
+from export.contract import EMBED_ITEMS, EMBED_USERS, EXPLAIN, SERVING_DEFAULT, SIMILAR_ITEMS
 from export.errors import ExportError
 
-MODEL_CARD = Path("assets.extra") / "model_card.json"
-FORBIDDEN_MODULES = ("tensorflow_recommenders", "tfrs_cosine", "training", "export.savedmodel")
+# Packages of the training stack; a serving process may load only the light error module.
+_TRAINING_STACK = ("tensorflow_recommenders", "tf_keras", "training", "tfrs_cosine")
+_SHARED_MODULES = ("tfrs_cosine", "tfrs_cosine.errors")
 TOLERANCE = 1e-5
 
-# Signature contract; dims: -1 any (batch, n), "K" the export's K, "m" top dimensions, "d" width.
-CONTRACT: dict[str, dict[str, dict[str, tuple[str, list]]]] = {
-    "serving_default": {
-        "inputs": {"user_id": ("string", [-1])},
-        "outputs": {
-            "item_ids": ("string", [-1, "K"]),
-            "scores": ("float32", [-1, "K"]),
-            "known_user": ("bool", [-1]),
-        },
-    },
-    "explain": {
-        "inputs": {"user_id": ("string", [-1]), "item_ids": ("string", [-1, -1])},
-        "outputs": {
-            "cosine": ("float32", [-1, -1]),
-            "dot": ("float32", [-1, -1]),
-            "score": ("float32", [-1, -1]),
-            "user_norm": ("float32", [-1]),
-            "item_norms": ("float32", [-1, -1]),
-            "top_dimensions": ("int32", [-1, -1, "m"]),
-            "contributions": ("float32", [-1, -1, "m"]),
-            "known_user": ("bool", [-1]),
-            "known_items": ("bool", [-1, -1]),
-            "cosine_is_training_objective": ("bool", [-1]),
-        },
-    },
-    "similar_items": {
-        "inputs": {"item_id": ("string", [-1])},
-        "outputs": {
-            "item_ids": ("string", [-1, "K"]),
-            "cosine": ("float32", [-1, "K"]),
-            "known_item": ("bool", [-1]),
-        },
-    },
-    "embed_users": {
-        "inputs": {"user_id": ("string", [-1])},
-        "outputs": {"embeddings": ("float32", [-1, "d"])},
-    },
-    "embed_items": {
-        "inputs": {"item_id": ("string", [-1])},
-        "outputs": {"embeddings": ("float32", [-1, "d"])},
-    },
-}
+
+def training_stack_modules() -> list[str]:
+    """Modules of the training stack (TFRS, Keras 2, training, the model library) loaded here."""
+    return sorted(
+        name
+        for name in sys.modules
+        if (name.split(".")[0] in _TRAINING_STACK and name not in _SHARED_MODULES)
+        or name == "export.savedmodel"
+    )
 
 
 def read_card(export_dir: str | Path) -> dict[str, Any]:
-    path = Path(export_dir) / MODEL_CARD
+    """The model card of an export (``export.card``); ``ExportError`` when it is unreadable."""
+    path = Path(export_dir) / contract.MODEL_CARD
     if not path.is_file():
-        raise ExportError(f"{export_dir} is not an export of this project (no {MODEL_CARD})")
-    return json.loads(path.read_text())
+        raise ExportError(f"{export_dir} is not an export of this project (no {contract.MODEL_CARD})")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"model card {path} is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(card, dict):
+        raise ExportError(f"model card {path} is not a JSON object")
+    return card
 
 
 def _saved_model_proto(export_dir: str | Path):
@@ -122,25 +100,6 @@ def signature_metadata(export_dir: str | Path) -> dict[str, dict[str, dict[str, 
         for name, sig in signatures.items()
         if not name.startswith("__")  # TF's internal __saved_model_init_op
     }
-
-
-def contract_problems(metadata: dict, k: int, m: int, d: int) -> list[str]:
-    """Differences between ``signature_metadata`` and ``CONTRACT`` for these K, m, d."""
-    sizes = {"K": k, "m": m, "d": d}
-    problems = []
-    if set(metadata) != set(CONTRACT):
-        problems.append(f"signatures {sorted(metadata)} differ from {sorted(CONTRACT)}")
-    for signature, sides in CONTRACT.items():
-        for side, tensors in sides.items():
-            got = metadata.get(signature, {}).get(side, {})
-            if set(got) != set(tensors):
-                problems.append(f"{signature} {side} {sorted(got)} differ from {sorted(tensors)}")
-                continue
-            for name, (dtype, dims) in tensors.items():
-                expected = (dtype, [sizes.get(x, x) for x in dims])
-                if tuple(got[name]) != expected:
-                    problems.append(f"{signature}.{name} is {got[name]}, expected {expected}")
-    return problems
 
 
 def graph_ops(export_dir: str | Path) -> set[str]:
@@ -237,19 +196,31 @@ def _recall_floor(reference: dict, key: str, min_recall: float) -> float:
     return min_recall
 
 
-def _smoke(checks: _Checks, loaded, export_dir: Path, card: dict, k: int, m: int, d: int):
+def _call(loaded, signature: contract.Signature, *inputs) -> dict[str, np.ndarray]:
+    """``signature`` of a loaded export on ``inputs`` (in the contract's order), as numpy."""
+    import tensorflow as tf
+
+    arguments = {
+        spec.name: tf.constant(value) for spec, value in zip(signature.inputs, inputs, strict=True)
+    }
+    outputs = loaded.signatures[signature.name](**arguments)
+    return {key: value.numpy() for key, value in outputs.items()}
+
+
+def _smoke(checks: _Checks, loaded, export_dir: Path, card: dict, sizes: dict[str, int]):
     """Every signature on the vocabulary's first ids and one unknown id."""
     import tensorflow as tf
 
-    def first_ids(name: str, count: int) -> list[str]:
-        with open(Path(export_dir) / "assets" / name, encoding="utf-8") as f:
+    k, m, d = sizes["K"], sizes["m"], sizes["d"]
+
+    def first_ids(asset: str, count: int) -> list[str]:
+        with open(Path(export_dir) / asset, encoding="utf-8") as f:
             return [next(f).rstrip("\n") for _ in range(min(4, count))]
 
     unknown = "\x00not-an-id"
-    users = first_ids("users.txt", card["num_users"]) + [unknown]
-    items = first_ids("items.txt", card["num_items"]) + [unknown]
-    signatures = loaded.signatures
-    out = {key: v.numpy() for key, v in signatures["serving_default"](user_id=tf.constant(users)).items()}
+    users = first_ids(contract.USER_VOCABULARY, card["num_users"]) + [unknown]
+    items = first_ids(contract.ITEM_VOCABULARY, card["num_items"]) + [unknown]
+    out = _call(loaded, SERVING_DEFAULT, users)
     checks.require(out["item_ids"].shape == (len(users), k), "serving_default shape")
     checks.close(out["known_user"], np.array([True] * (len(users) - 1) + [False]), "known_user flags")
     scores = out["scores"]
@@ -257,7 +228,7 @@ def _smoke(checks: _Checks, loaded, export_dir: Path, card: dict, k: int, m: int
     if card["model"]["head"] == "cosine":
         checks.require(bool(np.all(np.abs(scores) <= 1.0)), "cosine scores within [-1, 1]")
 
-    out = {key: v.numpy() for key, v in signatures["similar_items"](item_id=tf.constant(items)).items()}
+    out = _call(loaded, SIMILAR_ITEMS, items)
     similar = _decode(out["item_ids"])
     checks.require(similar.shape == (len(items), k), "similar_items shape")
     checks.require(
@@ -266,11 +237,7 @@ def _smoke(checks: _Checks, loaded, export_dir: Path, card: dict, k: int, m: int
     checks.close(out["known_item"], np.array([True] * (len(items) - 1) + [False]), "known_item flags")
     checks.require(bool(np.all(np.abs(out["cosine"][similar != ""]) <= 1.0)), "similar cosine within [-1, 1]")
 
-    pairs = tf.constant([items] * len(users))
-    out = {
-        key: v.numpy()
-        for key, v in signatures["explain"](user_id=tf.constant(users), item_ids=pairs).items()
-    }
+    out = _call(loaded, EXPLAIN, users, [items] * len(users))
     checks.require(out["top_dimensions"].shape == (len(users), len(items), m), "explain top_dimensions shape")
     checks.close(
         out["cosine_is_training_objective"],
@@ -279,23 +246,28 @@ def _smoke(checks: _Checks, loaded, export_dir: Path, card: dict, k: int, m: int
     )
     denominator = np.maximum(out["user_norm"][:, None] * out["item_norms"], 1e-12)
     checks.close(out["cosine"], out["dot"] / denominator, "explain cosine = dot / norms", 1e-4)
-    for name, ids in (("embed_users", users), ("embed_items", items)):
-        key = "user_id" if name == "embed_users" else "item_id"
-        vectors = signatures[name](**{key: tf.constant(ids)})["embeddings"].numpy()
-        checks.require(vectors.shape == (len(ids), d), f"{name} shape")
+    try:  # one row of items for two users: refused, not broadcast
+        _call(loaded, EXPLAIN, users[:2], [items])
+        refused = ""
+    except tf.errors.InvalidArgumentError as error:
+        refused = error.message
+    checks.require(
+        "batch sizes must be equal" in refused, "explain refuses mismatched batch sizes",
+        "2 users with 1 row of items was answered",
+    )
+    for signature, ids in ((EMBED_USERS, users), (EMBED_ITEMS, items)):
+        vectors = _call(loaded, signature, ids)["embeddings"]
+        checks.require(vectors.shape == (len(ids), d), f"{signature.name} shape")
 
 
 def _against_reference(checks: _Checks, loaded, reference: dict, card: dict, min_recall: float):
-    import tensorflow as tf
-
     report: dict[str, Any] = {}
-    signatures = loaded.signatures
     exact = card["index"]["type"] == "brute-force"
     cosine_head = card["model"]["head"] == "cosine"
 
-    out = signatures["serving_default"](user_id=tf.constant(reference["user_ids"]))
-    got_ids, got_scores = _decode(out["item_ids"].numpy()), out["scores"].numpy()
-    checks.close(out["known_user"].numpy(), reference["known_user"], "serving_default known_user")
+    out = _call(loaded, SERVING_DEFAULT, reference["user_ids"])
+    got_ids, got_scores = _decode(out["item_ids"]), out["scores"]
+    checks.close(out["known_user"], reference["known_user"], "serving_default known_user")
     ref_ids, ref_scores = reference["top_item_ids"], reference["top_scores"]
     if exact:
         ok, detail = _ranking_matches(got_ids, got_scores, ref_ids, ref_scores)
@@ -313,9 +285,9 @@ def _against_reference(checks: _Checks, loaded, reference: dict, card: dict, min
     if cosine_head:
         checks.require(bool(np.all(np.abs(got_scores) <= 1.0)), "cosine scores within [-1, 1]")
 
-    out = signatures["similar_items"](item_id=tf.constant(reference["item_ids"]))
-    got_ids, got_scores = _decode(out["item_ids"].numpy()), out["cosine"].numpy()
-    checks.close(out["known_item"].numpy(), reference["known_item"], "similar_items known_item")
+    out = _call(loaded, SIMILAR_ITEMS, reference["item_ids"])
+    got_ids, got_scores = _decode(out["item_ids"]), out["cosine"]
+    checks.close(out["known_item"], reference["known_item"], "similar_items known_item")
     known = reference["known_item"]
     checks.require(
         not any(reference["item_ids"][i] in got_ids[i] for i in np.flatnonzero(known)),
@@ -332,17 +304,14 @@ def _against_reference(checks: _Checks, loaded, reference: dict, card: dict, min
         floor = _recall_floor(reference, "expected_similar_recall", min_recall)
         checks.require(recall >= floor, "similar_items recall@K", f"{recall:.4f} < {floor:.4f}")
 
-    for name, key, ids in (
-        ("embed_users", "user_id", reference["user_ids"]),
-        ("embed_items", "item_id", reference["item_ids"]),
+    for signature, ids, expected in (
+        (EMBED_USERS, reference["user_ids"], reference["user_embeddings"]),
+        (EMBED_ITEMS, reference["item_ids"], reference["item_embeddings"]),
     ):
-        vectors = signatures[name](**{key: tf.constant(ids)})["embeddings"].numpy()
-        checks.close(vectors, reference[name], f"{name} equal to the in-memory model")
+        vectors = _call(loaded, signature, ids)["embeddings"]
+        checks.close(vectors, expected, f"{signature.name} equal to the in-memory model")
 
-    out = signatures["explain"](
-        user_id=tf.constant(reference["user_ids"]), item_ids=tf.constant(reference["explain_item_ids"])
-    )
-    out = {key: value.numpy() for key, value in out.items()}
+    out = _call(loaded, EXPLAIN, reference["user_ids"], reference["explain_item_ids"])
     checks.close(out["known_items"], reference["explain_known_items"], "explain known_items")
     checks.close(out["known_user"], reference["known_user"], "explain known_user")
     for name in ("cosine", "dot", "score", "user_norm", "item_norms", "contributions"):
@@ -372,13 +341,12 @@ def verify(
     if not export_dir.is_dir():
         raise ExportError(f"export not found: {export_dir}")
     card = read_card(export_dir)
-    k, d = int(card["k"]), int(card["model"]["output_dim"])
-    m = int(card["top_dimensions"])
+    sizes = contract.sizes_from_card(card)
     checks = _Checks()
     report: dict[str, Any] = {"export": str(export_dir), "index": card["index"]["type"]}
 
     metadata = signature_metadata(export_dir)
-    problems = contract_problems(metadata, k, m, d)
+    problems = contract.contract_problems(metadata, sizes)
     checks.require(not problems, "signature names, dtypes and shapes", "; ".join(problems))
 
     # Before any custom op is loaded here: what a TF process without ScaNN cannot run.
@@ -396,15 +364,15 @@ def verify(
     load_started = time.perf_counter()
     loaded = tf.saved_model.load(str(export_dir))
     report["load_seconds"] = round(time.perf_counter() - load_started, 3)
-    checks.require(set(loaded.signatures) == set(CONTRACT), "signatures load")
+    checks.require(set(loaded.signatures) == set(contract.SIGNATURES), "signatures load")
 
-    _smoke(checks, loaded, export_dir, card, k, m, d)
+    _smoke(checks, loaded, export_dir, card, sizes)
     if reference is not None:
         with np.load(reference, allow_pickle=False) as data:
             expected = {key: data[key] for key in data.files}
         report.update(_against_reference(checks, loaded, expected, card, min_recall))
 
-    imported = [name for name in FORBIDDEN_MODULES if name in sys.modules]
+    imported = training_stack_modules()
     checks.require(not imported, "loaded without the training stack", f"imported {imported}")
     report.update(
         ok=not checks.problems,

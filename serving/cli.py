@@ -49,7 +49,22 @@ def register(subparsers) -> None:
     )
     p.add_argument("--grpc_max_threads", type=int, default=16, help="gRPC worker threads")
     p.add_argument("--rest_api_num_threads", type=int, default=16, help="REST worker threads")
-    p.add_argument("--verbose", action="store_true", help="log one line per request")
+    p.add_argument(
+        "--enable_batching", action="store_true",
+        help="merge concurrent Predict calls on one model/version/signature into batches",
+    )
+    p.add_argument(
+        "--batching_parameters_file",
+        help="BatchingParameters text proto (TF Serving's format; serving-config writes one)",
+    )
+    p.add_argument(
+        "--monitoring_config_file",
+        help="MonitoringConfig text proto; prometheus_config enables /monitoring/prometheus/metrics",
+    )
+    p.add_argument(
+        "--access_log", "--verbose", dest="access_log", action="store_true",
+        help="log one line per request: model, signature, version, status, ms",
+    )
     p.set_defaults(func=_serve)
 
     p = subparsers.add_parser(
@@ -68,6 +83,11 @@ def register(subparsers) -> None:
     p.add_argument("--batch_timeout_micros", type=int, default=2000)
     p.add_argument("--num_batch_threads", type=int, default=2)
     p.add_argument("--max_enqueued_batches", type=int, default=100)
+    p.add_argument(
+        "--allowed_batch_sizes", default="",
+        help="comma-separated batch sizes to pad up to; the last must be --max_batch_size",
+    )
+    p.add_argument("--pad_variable_length_inputs", action="store_true")
     p.set_defaults(func=_serving_config)
 
     p = subparsers.add_parser(
@@ -95,7 +115,7 @@ def register(subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.server import ServerOptions, serve
+    from serving.options import ServerOptions, batching_parameters, metrics_path, model_configs
 
     if not args.model_base_path and not args.model_config_file:
         raise ServingError("give --model_base_path (or --model_config_file)")
@@ -113,8 +133,19 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         grpc_max_threads=args.grpc_max_threads,
         rest_api_num_threads=args.rest_api_num_threads,
-        verbose=args.verbose,
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file,
+        monitoring_config_file=args.monitoring_config_file,
+        access_log=args.access_log,
     )
+    # Every flag and config file is checked here, before TensorFlow is imported: a bad
+    # one answers in well under a second, with one line.
+    options.check()
+    model_configs(options)
+    batching_parameters(options)
+    metrics_path(options)
+    from serving.server import serve
+
     code = serve(options)
     # Everything is stopped and flushed; skip TensorFlow's slow interpreter teardown.
     sys.stdout.flush()
@@ -123,19 +154,28 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serving_config(args: argparse.Namespace) -> int:
-    from serving.config import BatchingOptions, write_serving_configs
+    from serving.batching import BatchingParameters
+    from serving.config import write_serving_configs
 
+    try:
+        allowed = tuple(int(v) for v in args.allowed_batch_sizes.split(",") if v.strip())
+    except ValueError:
+        raise ServingError(
+            f"--allowed_batch_sizes {args.allowed_batch_sizes!r} is not a comma-separated list of integers"
+        ) from None
     written = write_serving_configs(
         args.model_base_path,
         args.output_dir or args.model_base_path,
         model_name=args.model_name,
         container_base=args.container_base_path,
         num_versions=args.num_versions,
-        batching=BatchingOptions(
+        batching=BatchingParameters(
             max_batch_size=args.max_batch_size,
             batch_timeout_micros=args.batch_timeout_micros,
             max_enqueued_batches=args.max_enqueued_batches,
             num_batch_threads=args.num_batch_threads,
+            allowed_batch_sizes=allowed,
+            pad_variable_length_inputs=args.pad_variable_length_inputs,
         ),
     )
     print(f"wrote {written['models.config']}")

@@ -2,31 +2,26 @@
 
 ``models.config`` is a ModelServerConfig text proto built with the message classes of
 ``tensorflow_serving.config`` and printed with ``text_format``. ``batching.config`` is a
-BatchingParameters text proto for ``--enable_batching --batching_parameters_file``; its
-message is not shipped in ``tensorflow-serving-api``, so it is written from the field
-names of ``session_bundle_config.proto`` (documented in ``serving/templates/``).
+BatchingParameters text proto for ``--enable_batching --batching_parameters_file``,
+written by ``serving.batching.BatchingParameters`` (whose message follows
+``session_bundle_config.proto``); ``tfrs-cosine serve`` reads the same file, so one file
+configures both servers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.batching import BatchingParameters
 from serving.errors import ServingError
 
-
-@dataclass(frozen=True)
-class BatchingOptions:
-    """BatchingParameters fields (session_bundle_config.proto)."""
-
-    max_batch_size: int = 64
-    batch_timeout_micros: int = 2000
-    max_enqueued_batches: int = 100
-    num_batch_threads: int = 2
-    pad_variable_length_inputs: bool = False
+# What serving-config writes without flags: batches of up to 64, 2 ms to fill one.
+DEFAULT_BATCHING = BatchingParameters(
+    max_batch_size=64, batch_timeout_micros=2000, max_enqueued_batches=100, num_batch_threads=2
+)
 
 
 def export_versions(model_base_path: str | Path) -> list[int]:
@@ -65,21 +60,14 @@ def model_server_config(
     return config
 
 
-def batching_config_text(options: BatchingOptions) -> str:
-    """``batching.config``: BatchingParameters as a text proto (wrapped int64 values)."""
-    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
-        if getattr(options, name) < (0 if name == "batch_timeout_micros" else 1):
-            raise ServingError(f"batching {name} must be positive")
-    lines = [
+def batching_config_text(params: BatchingParameters) -> str:
+    """``batching.config``: BatchingParameters as a text proto, with a header."""
+    header = [
         "# BatchingParameters (tensorflow_serving/servables/tensorflow/session_bundle_config.proto)",
         "# for: tensorflow_model_server --enable_batching --batching_parameters_file=batching.config",
-        f"max_batch_size {{ value: {options.max_batch_size} }}",
-        f"batch_timeout_micros {{ value: {options.batch_timeout_micros} }}",
-        f"max_enqueued_batches {{ value: {options.max_enqueued_batches} }}",
-        f"num_batch_threads {{ value: {options.num_batch_threads} }}",
-        f"pad_variable_length_inputs: {str(options.pad_variable_length_inputs).lower()}",
+        "#  and tfrs-cosine serve --enable_batching --batching_parameters_file=batching.config",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(header) + "\n" + params.to_text()
 
 
 def write_serving_configs(
@@ -88,7 +76,7 @@ def write_serving_configs(
     model_name: str | None = None,
     container_base: str | None = None,
     num_versions: int = 1,
-    batching: BatchingOptions = BatchingOptions(),
+    batching: BatchingParameters | None = None,
 ) -> dict[str, Path | bool]:
     """Writes ``models.config`` and ``batching.config`` for an export into ``output_dir``.
 
@@ -114,7 +102,7 @@ def write_serving_configs(
     text = header + text_format.MessageToString(config)
     text_format.Parse(text, model_server_config_pb2.ModelServerConfig())  # round-trips
     models_path.write_text(text)
-    batching_path.write_text(batching_config_text(batching))
+    batching_path.write_text(batching_config_text(batching or DEFAULT_BATCHING))
     return {
         "models.config": models_path,
         "batching.config": batching_path,

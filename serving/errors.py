@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tfrs_cosine.errors import TfrsCosineError
 
-class ServingError(Exception):
+
+class ServingError(TfrsCosineError):
     """Bad input to a serving command, or a failed call to a model server.
 
     ``code`` is the gRPC status name (``"NOT_FOUND"``, ``"INVALID_ARGUMENT"``,

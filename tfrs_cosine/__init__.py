@@ -1,36 +1,40 @@
 """tfrs_cosine: a TFRS two-tower retrieval model with a selectable dot or cosine head.
 
-TensorFlow Recommenders 0.7.7 needs Keras 2 (``tf_keras``). TensorFlow 2.16+ picks
-Keras 2 for ``tf.keras`` only when ``TF_USE_LEGACY_KERAS=1`` is set before anything
-touches ``tf.keras``, so this package sets it (without overriding a user's value)
-before importing TensorFlow, and fails loudly if Keras 3 was already bound.
+Importing the package is light: the Keras layers and models (and TensorFlow with them)
+load on first use of a name below, so ``tfrs_cosine.errors`` costs nothing and changes
+nothing (a serving process may import it and keep Keras 3). TensorFlow Recommenders
+0.7.7 needs Keras 2: the modules that use Keras bind it first (``tfrs_cosine._keras``).
 """
 
-import os
+import importlib
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+_EXPORTS = {
+    "HEADS": "tfrs_cosine.heads",
+    "CosineHead": "tfrs_cosine.heads",
+    "DotHead": "tfrs_cosine.heads",
+    "ScoringHead": "tfrs_cosine.heads",
+    "make_head": "tfrs_cosine.heads",
+    "ExplanationLayer": "tfrs_cosine.explanation",
+    "explain": "tfrs_cosine.explanation",
+    "IdTower": "tfrs_cosine.towers",
+    "FeatureTower": "tfrs_cosine.towers",
+    "CategoricalEncoder": "tfrs_cosine.features",
+    "HistoryEncoder": "tfrs_cosine.features",
+    "IdEncoder": "tfrs_cosine.features",
+    "MultiCategoricalEncoder": "tfrs_cosine.features",
+    "NumericEncoder": "tfrs_cosine.features",
+    "TextEncoder": "tfrs_cosine.features",
+    "TimestampEncoder": "tfrs_cosine.features",
+    "TwoTowerModel": "tfrs_cosine.model",
+    "TfrsCosineError": "tfrs_cosine.errors",
+}
 
-import tensorflow as tf  # noqa: E402
+__all__ = sorted(_EXPORTS)
 
-if not tf.keras.__name__.startswith("tf_keras"):
-    raise ImportError(
-        "tfrs_cosine needs Keras 2 (tf_keras) but tf.keras is already bound to Keras 3 "
-        f"({tf.keras.__name__}): set TF_USE_LEGACY_KERAS=1 before importing TensorFlow."
-    )
 
-from tfrs_cosine.explain import ExplanationLayer, explain  # noqa: E402
-from tfrs_cosine.heads import HEADS, CosineHead, DotHead, ScoringHead, make_head  # noqa: E402
-from tfrs_cosine.model import TwoTowerModel  # noqa: E402
-from tfrs_cosine.towers import IdTower  # noqa: E402
-
-__all__ = [
-    "HEADS",
-    "CosineHead",
-    "DotHead",
-    "ExplanationLayer",
-    "IdTower",
-    "ScoringHead",
-    "TwoTowerModel",
-    "explain",
-    "make_head",
-]
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tfrs_cosine' has no attribute {name!r}")

@@ -23,6 +23,8 @@ import math
 
 import tensorflow as tf
 
+from tfrs_cosine import _keras  # noqa: F401  (binds Keras 2 before tf.keras is used)
+
 # Below this squared norm a vector is treated as zero: l2_normalize divides by
 # sqrt(max(|x|^2, eps)), so a zero vector maps to zero instead of NaN.
 _NORM_EPSILON = 1e-12

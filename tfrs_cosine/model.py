@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import tensorflow as tf
+
+from tfrs_cosine import _keras  # noqa: F401  (binds Keras 2, which TFRS checks at import)
+
+# isort: split
 import tensorflow_recommenders as tfrs
 
 from tfrs_cosine.heads import ScoringHead, l2_normalize
-from tfrs_cosine.towers import IdTower
+from tfrs_cosine.towers import FeatureTower, IdTower, tower_inputs
 
 
 def uniformity(x: tf.Tensor, t: float = 2.0) -> tf.Tensor:
@@ -33,10 +37,13 @@ class TwoTowerModel(tfrs.Model):
 
     Features (a dict of ``(b,)`` tensors): ``user_id`` and ``item_id`` strings, an
     optional ``weight`` (sample weight), and ``item_probability`` (the item's share
-    of training interactions) when ``logq_correction`` is on.
+    of training interactions) when ``logq_correction`` is on. A ``FeatureTower``
+    reads its ``input_names`` from the same dict instead of the id (query side: user
+    features, context, history; candidate side: item features); ``item_id`` stays
+    required with ``remove_accidental_hits``.
 
     Args:
-      user_tower, item_tower: ``IdTower``s with the same output width.
+      user_tower, item_tower: ``IdTower``s or ``FeatureTower``s with the same output width.
       head: a ``ScoringHead``.
       remove_accidental_hits: mask in-batch negatives that are the positive item.
       logq_correction: subtract ``log(item_probability)`` from each candidate's logit
@@ -50,8 +57,8 @@ class TwoTowerModel(tfrs.Model):
 
     def __init__(
         self,
-        user_tower: IdTower,
-        item_tower: IdTower,
+        user_tower: IdTower | FeatureTower,
+        item_tower: IdTower | FeatureTower,
         head: ScoringHead,
         remove_accidental_hits: bool = False,
         logq_correction: bool = False,
@@ -85,14 +92,16 @@ class TwoTowerModel(tfrs.Model):
         self.task._set_dtype_policy("float32")
 
     def call(self, features: dict[str, tf.Tensor], training=None) -> tuple[tf.Tensor, tf.Tensor]:
-        """Tower outputs ``(b, d)`` for ``features['user_id']`` and ``features['item_id']``."""
+        """Tower outputs ``(b, d)``: of ``features['user_id']`` and ``features['item_id']``,
+        or of the features a ``FeatureTower`` reads."""
         return (
-            self.user_tower(features["user_id"], training=training),
-            self.item_tower(features["item_id"], training=training),
+            self.user_tower(tower_inputs(self.user_tower, features, "user_id"), training=training),
+            self.item_tower(tower_inputs(self.item_tower, features, "item_id"), training=training),
         )
 
-    def score(self, user_ids: tf.Tensor, item_ids: tf.Tensor) -> tf.Tensor:
-        """Scores ``(b, n)`` of users ``(b,)`` against items ``(n,)``."""
+    def score(self, user_ids: tf.Tensor | dict, item_ids: tf.Tensor | dict) -> tf.Tensor:
+        """Scores ``(b, n)`` of users ``(b,)`` against items ``(n,)`` (for a ``FeatureTower``:
+        a dict of its raw features instead of the ids)."""
         return self.head(self.user_tower(user_ids), self.item_tower(item_ids))
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:

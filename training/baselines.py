@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from training.data import Interactions
+from training.schema import Interactions
 
 
 def interaction_matrix(

@@ -17,11 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import InputError
+from training.feature_spec import (
+    FEATURE_TABLES,
+    FeatureConfig,
+    check_tower_widths,
+    parse_feature_table,
+    validate_features,
+)
 
 HEAD_NAMES = ("cosine", "dot")  # mirrors tfrs_cosine.HEADS without importing TensorFlow
-SPLITS = ("random", "leave-last-out")
-OPTIMIZERS = ("adagrad", "adam", "sgd")
-FILE_FORMATS = ("", "csv", "tsv", "parquet")
+SPLITS = ("random", "leave-last-out", "time", "hash-user", "hash-interaction")
+STREAMING_SPLITS = ("time", "hash-user", "hash-interaction")  # decided per row (streaming)
+OPTIMIZERS = ("adagrad", "adam", "lazy_adam", "sgd")
+FILE_FORMATS = ("", "csv", "tsv", "parquet", "tfrecord")
 
 
 @dataclass
@@ -34,15 +42,28 @@ class DataConfig:
     min_items_per_user: int = 5
     max_items_per_user: int = 100
     seed: int = 0
-    # file: CSV, TSV or Parquet; `columns` maps our names to the file's column names.
+    # file: CSV, TSV, Parquet or TFRecord; one file, a directory or a glob of shards;
+    # `columns` maps our names to the file's column names.
     path: str = ""
     format: str = ""
     columns: dict[str, str] = field(default_factory=dict)
+    interleave_files: int = 4  # shards read at once by the streaming pipeline
+    deterministic_order: bool = True  # same row order for the same (seed, epoch)
+    # vocabularies: from files (one id per line), else counted; the rest maps to OOV
+    user_vocabulary: str = ""
+    item_vocabulary: str = ""
+    min_count: int = 1
+    max_users: int = 0  # 0: no limit
+    max_items: int = 0
     # splits
     split: str = "random"
     test_fraction: float = 0.2
     validation_fraction: float = 0.1
     split_seed: int = 42
+    # time split: test from test_start, validation from validation_start (timestamps);
+    # unset: quantiles of the timestamps by the fractions
+    test_start: int | None = None
+    validation_start: int | None = None
 
 
 @dataclass
@@ -62,6 +83,10 @@ class ModelConfig:
     min_temperature: float = 0.0  # floor of a learned temperature; 0: none (1e-3)
     center: bool = False  # subtract the towers' moving mean output before the head
     uniformity_weight: float = 0.0  # Wang & Isola's uniformity loss term, per example
+    # feature towers (training/feature_spec.py); all empty: today's id towers
+    user_features: dict[str, FeatureConfig] = field(default_factory=dict)
+    item_features: dict[str, FeatureConfig] = field(default_factory=dict)
+    query_context: dict[str, FeatureConfig] = field(default_factory=dict)
 
     def layers_for(self, tower: str) -> list[int]:
         own = self.user_tower_layers if tower == "user" else self.item_tower_layers
@@ -77,6 +102,7 @@ class TrainingConfig:
     early_stopping_patience: int = 3  # epochs without validation improvement; 0 disables
     seed: int = 0
     mixed_precision: bool = False
+    shuffle_buffer: int = 100_000  # rows shuffled together by the streaming pipeline
 
 
 @dataclass
@@ -85,6 +111,9 @@ class EvaluationConfig:
     monitor_k: int = 10  # early stopping watches validation recall@monitor_k
     exclude_seen: bool = True  # drop items the user had in training from the ranking
     chunk_size: int = 1024  # users scored per matmul
+    # Per-epoch monitoring (early stopping) scores a seeded sample of this many
+    # validation users, fixed for the run; 0 = all. The final evaluation uses every user.
+    validation_users: int = 10_000
 
 
 @dataclass
@@ -95,10 +124,15 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        tables = {
             name: {k: v for k, v in dataclasses.asdict(getattr(self, name)).items() if v is not None}
             for name in SECTIONS
         }
+        for key in FEATURE_TABLES:  # written only when set, each feature by its set keys
+            del tables["model"][key]
+            if getattr(self.model, key):
+                tables["model"][key] = {n: f.to_dict() for n, f in getattr(self.model, key).items()}
+        return tables
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
@@ -119,14 +153,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         path = Path(path)
         if not path.is_file():
             raise InputError(f"config file not found: {path}")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise InputError(f"config file {path} is not valid TOML: {e}") from None
+        raw = read_toml(path, "config file")
     for override in overrides:
         section, key, value = _parse_override(override)
         raw.setdefault(section, {})[key] = value
     return config_from_dict(raw)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Parses a UTF-8 TOML file; any unreadable, non-UTF-8 or invalid file is an ``InputError``."""
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{what} {path} is not valid TOML: {e}") from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -146,7 +189,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
                 raise InputError(
                     f"unknown config key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}"
                 )
+            if name == "model" and key in FEATURE_TABLES:
+                continue
             _check_type(f"{name}.{key}", value, typing.get_type_hints(cls)[key])
+        if name == "model":
+            features = {k: parse_feature_table(k, values[k]) for k in FEATURE_TABLES if k in values}
+            values = {**values, **features}
         sections[name] = cls(**values)
     config = Config(**sections)
     validate(config)
@@ -163,7 +211,10 @@ def validate(config: Config) -> None:
 
     require(d.source != "", "data.source must not be empty")
     require(d.split in SPLITS, f"unknown data.split {d.split!r}; valid: {', '.join(SPLITS)}")
-    require(d.format in FILE_FORMATS, f"unknown data.format {d.format!r}; valid: csv, tsv, parquet")
+    require(
+        d.format in FILE_FORMATS,
+        f"unknown data.format {d.format!r}; valid: {', '.join(FILE_FORMATS[1:])}",
+    )
     require(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
     require(
         0 <= d.validation_fraction < 1,
@@ -177,6 +228,7 @@ def validate(config: Config) -> None:
     )
     require(d.num_clusters <= d.num_items, "data.num_clusters must be <= data.num_items")
     require(d.source != "file" or d.path != "", "data.source = 'file' needs data.path")
+    _validate_streaming(d, require)
     require(
         m.head in HEAD_NAMES, f"unknown model.head {m.head!r}; valid heads: {', '.join(HEAD_NAMES)}"
     )
@@ -198,11 +250,8 @@ def validate(config: Config) -> None:
     for tower in ("user", "item"):
         layers = m.layers_for(tower)
         require(all(w >= 1 for w in layers), f"model tower layer widths must be >= 1, got {layers}")
-    out = {t_: (m.layers_for(t_) or [m.embedding_dim])[-1] for t_ in ("user", "item")}
-    require(
-        out["user"] == out["item"],
-        f"user and item towers must end at the same width, got {out['user']} and {out['item']}",
-    )
+    validate_features(m)
+    check_tower_widths(m, m.layers_for)
     require(t.epochs >= 1, f"training.epochs must be >= 1, got {t.epochs}")
     require(t.batch_size >= 2, f"training.batch_size must be >= 2, got {t.batch_size}")
     require(
@@ -214,9 +263,59 @@ def validate(config: Config) -> None:
         f"unknown training.optimizer {t.optimizer!r}; valid: {', '.join(OPTIMIZERS)}",
     )
     require(t.early_stopping_patience >= 0, "training.early_stopping_patience must be >= 0")
+    require(t.shuffle_buffer >= 1, f"training.shuffle_buffer must be >= 1, got {t.shuffle_buffer}")
     require(len(e.ks) > 0 and all(k >= 1 for k in e.ks), f"evaluation.ks must be >= 1, got {e.ks}")
+    require(len(set(e.ks)) == len(e.ks), f"evaluation.ks has a repeated value: {e.ks}")
     require(e.monitor_k >= 1, f"evaluation.monitor_k must be >= 1, got {e.monitor_k}")
     require(e.chunk_size >= 1, f"evaluation.chunk_size must be >= 1, got {e.chunk_size}")
+    require(
+        e.validation_users >= 0,
+        f"evaluation.validation_users must be >= 0 (0: all), got {e.validation_users}",
+    )
+
+
+def validate_catalog(config: Config, num_items: int) -> None:
+    """Checks the evaluation cutoffs against the catalog (once the data is loaded).
+
+    A cutoff of at least the catalog size ranks every item: recall@K is then 1.0 for
+    any model, and early stopping on it would watch a constant.
+    """
+    e = config.evaluation
+    if e.monitor_k >= num_items:
+        raise InputError(
+            f"evaluation.monitor_k={e.monitor_k} is not below the catalog size ({num_items} "
+            f"items): validation recall@{e.monitor_k} would be 1.0 for any model"
+        )
+    too_large = [k for k in e.ks if k >= num_items]
+    if too_large:
+        raise InputError(
+            f"evaluation.ks {too_large} not below the catalog size ({num_items} items): "
+            "every item would be in the top K"
+        )
+
+
+def _validate_streaming(d: DataConfig, require) -> None:
+    """The keys of streaming sources, vocabularies and per-row splits."""
+    require(d.interleave_files >= 1, f"data.interleave_files must be >= 1, got {d.interleave_files}")
+    require(d.min_count >= 1, f"data.min_count must be >= 1, got {d.min_count}")
+    for key in ("max_users", "max_items"):
+        require(getattr(d, key) >= 0, f"data.{key} must be >= 0 (0: no limit), got {getattr(d, key)}")
+    if d.split in STREAMING_SPLITS:
+        require(
+            d.test_fraction + d.validation_fraction < 1,
+            f"data.test_fraction + data.validation_fraction must be < 1 for split {d.split!r}",
+        )
+    cutoffs = d.test_start is not None or d.validation_start is not None
+    require(not cutoffs or d.split == "time", "data.test_start and data.validation_start need "
+            "data.split = 'time'")
+    require(
+        d.validation_start is None or d.test_start is not None,
+        "data.validation_start needs data.test_start",
+    )
+    require(
+        d.validation_start is None or d.test_start is None or d.validation_start <= d.test_start,
+        f"data.validation_start ({d.validation_start}) must be <= data.test_start ({d.test_start})",
+    )
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:

@@ -1,4 +1,4 @@
-"""Offline evaluation: exact top-K over the full catalog, chunked batched matmul.
+"""Offline evaluation: exact top-K over the full catalog, chunked and vectorized.
 
 Metrics, for ``ks = [k1, ..., kmax]``:
 
@@ -12,14 +12,34 @@ Metrics, for ``ks = [k1, ..., kmax]``:
   of the catalog (fewer than K items score higher). This equals FactorizedTopK
   with candidate ids exactly; its score-based mode recomputes the positive's score with
   a row-wise sum whose rounding can flip a positive sitting exactly at rank K.
+
+Cost, for ``u`` evaluated users, ``n`` catalog items, ``d`` dimensions, ``t`` test and
+``s`` excluded (seen) interactions:
+
+* time: the ``u x n x d`` multiply-adds of the scores (one matmul per chunk of
+  ``chunk_size`` users), plus top-K selection: an O(n) partition of each user's ``n``
+  scores (two when seen items are excluded, because the accuracy ranks without the
+  exclusion) and a sort of the ``kmax`` survivors; mapping ids to rows and columns
+  sorts and searches once, O((t + s) log(u + n)); no Python loop over interactions
+  or users (only over chunks);
+* memory: one ``chunk_size x n`` float32 score block and its partition temporaries,
+  the mapped inputs O(t + s), and per-user results O(u x len(ks)).
+
+Per-epoch monitoring (``ValidationRecall``) scores a seeded sample of at most
+``max_users`` validation users, fixed for the run; the final evaluation
+(``evaluate_model``) scores every user.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import tensorflow as tf
 
-from training.data import Interactions
+from training.config import EvaluationConfig
+from training.indexing import RowColumns, catalog_index
+from training.schema import Interactions
 
 
 def exact_top_k(
@@ -27,7 +47,7 @@ def exact_top_k(
     candidates: np.ndarray,
     k: int,
     chunk_size: int = 1024,
-    exclude: list[np.ndarray] | None = None,
+    exclude: RowColumns | list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-K by inner product.
 
@@ -36,7 +56,8 @@ def exact_top_k(
       candidates: ``(n, d)`` prepared candidate vectors.
       k: how many to return (capped at ``n``).
       chunk_size: queries scored per matmul, bounding memory at ``chunk_size * n`` floats.
-      exclude: optional per-query arrays of candidate indices to leave out.
+      exclude: optional candidate indices to leave out, per query (``RowColumns``, or
+        one array per query).
 
     Returns:
       ``scores (b, k)`` float32 and ``indices (b, k)`` int64, best first.
@@ -44,22 +65,19 @@ def exact_top_k(
     queries = tf.convert_to_tensor(queries, tf.float32)
     candidates = tf.convert_to_tensor(candidates, tf.float32)
     k = min(int(k), int(candidates.shape[0]))
+    if isinstance(exclude, list):
+        exclude = RowColumns.from_lists(exclude, int(candidates.shape[0]))
     scores, indices = [np.zeros((0, k), np.float32)], [np.zeros((0, k), np.int64)]
-    for start in range(0, int(queries.shape[0]), chunk_size):
-        block = tf.linalg.matmul(queries[start : start + chunk_size], candidates, transpose_b=True)
-        block = block.numpy()
+    num_queries = int(queries.shape[0])
+    for start in range(0, num_queries, chunk_size):
+        stop = min(start + chunk_size, num_queries)
+        block = tf.linalg.matmul(queries[start:stop], candidates, transpose_b=True).numpy()
         if exclude is not None:
-            _exclude(block, exclude[start : start + chunk_size])
+            block[exclude.block(start, stop)] = -np.inf
         top = _top_k_indices(block, k)
         scores.append(np.take_along_axis(block, top, axis=1))
         indices.append(top)
     return np.concatenate(scores), np.concatenate(indices)
-
-
-def _exclude(block: np.ndarray, rows: list[np.ndarray]) -> None:
-    """Sets ``block[r, rows[r]]`` to -inf, in place."""
-    for r, columns in enumerate(rows):
-        block[r, columns] = -np.inf
 
 
 def _top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -82,7 +100,7 @@ def evaluate_embeddings(
     test_users: np.ndarray,
     test_items: np.ndarray,
     ks: list[int],
-    seen: list[np.ndarray] | None = None,
+    seen: RowColumns | list[np.ndarray] | None = None,
     chunk_size: int = 1024,
 ) -> dict[str, float]:
     """Metrics from prepared vectors (rank by inner product).
@@ -94,55 +112,70 @@ def evaluate_embeddings(
       test_items: ``(t,)`` catalog index of each test interaction's item; -1 for an item
         outside the catalog (always a miss).
       ks: cutoffs.
-      seen: optional per-user arrays of catalog indices excluded from the per-user ranking.
+      seen: optional catalog indices excluded from each user's per-user ranking
+        (``RowColumns`` over the ``u`` rows, or one array per user).
+      chunk_size: users scored per matmul; memory is about ``chunk_size * n`` floats.
     """
     ks = sorted(set(int(k) for k in ks))
-    n_items = item_vectors.shape[0]
+    n_users, n_items = user_vectors.shape[0], item_vectors.shape[0]
     k_max = min(ks[-1], n_items)
+    cuts = [min(k, k_max) for k in ks]
+    test_users = np.asarray(test_users, np.int64)
+    test_items = np.asarray(test_items, np.int64)
+    if isinstance(seen, list):
+        seen = RowColumns.from_lists(seen, n_items)
     candidates = tf.convert_to_tensor(item_vectors, tf.float32)
     queries = tf.convert_to_tensor(user_vectors, tf.float32)
-    # Distinct test items per user; an item outside the catalog still counts as relevant.
-    pairs = np.unique(np.stack([test_users, test_items]), axis=1)
-    num_relevant = np.bincount(pairs[0], minlength=len(user_vectors)).astype(np.float64)
+    # Distinct test items per user; an item outside the catalog (-1) still counts as relevant.
+    pair_keys = np.unique(test_users * (n_items + 1) + (test_items + 1))
+    num_relevant = np.bincount(pair_keys // (n_items + 1), minlength=n_users).astype(np.float64)
 
     # Rank of each test interaction's item (capped at k_max), for FactorizedTopK's accuracy.
     positive_rank = np.full(len(test_users), np.iinfo(np.int64).max, dtype=np.int64)
-    hits = np.zeros((len(user_vectors), k_max), dtype=bool)
+    # Per user and cutoff: hits in the top K and their discounted gain; first hit's rank.
+    found = np.zeros((n_users, len(ks)), dtype=np.int64)
+    gain = np.zeros((n_users, len(ks)), dtype=np.float64)
+    first = np.full(n_users, np.inf)
+    discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
     order = np.argsort(test_users, kind="stable")
     sorted_users = test_users[order]
-    for start in range(0, len(user_vectors), chunk_size):
-        stop = min(start + chunk_size, len(user_vectors))
+    for start in range(0, n_users, chunk_size):
+        stop = min(start + chunk_size, n_users)
         block = tf.linalg.matmul(queries[start:stop], candidates, transpose_b=True).numpy()
         lo, hi = np.searchsorted(sorted_users, [start, stop])
         rows = order[lo:hi]
         rows = rows[test_items[rows] >= 0]
         local = test_users[rows] - start
         positive = block[local, test_items[rows]]
+        excluded = seen.block(start, stop) if seen is not None else None
+        if excluded is not None and len(excluded[0]) > 0:
+            # The accuracy ranks the whole catalog: its best k_max before the exclusion.
+            best = -np.sort(-np.partition(block, n_items - k_max, axis=1)[:, n_items - k_max :])
+            block[excluded] = -np.inf
+            top = _top_k_indices(block, k_max)
+        else:
+            top = _top_k_indices(block, k_max)
+            best = np.take_along_axis(block, top, axis=1)
         # Items scoring above the positive, counted among the best k_max only: enough to
         # decide "in the top K" for every K <= k_max.
-        best = -np.sort(-np.partition(block, n_items - k_max, axis=1)[:, n_items - k_max :])
         positive_rank[rows] = (best[local] > positive[:, None]).sum(axis=1)
-        if seen is not None:
-            _exclude(block, seen[start:stop])
-        top = _top_k_indices(block, k_max)
         # A hit is a (user, item) key of the top-K that is also a test key.
         keys = (np.arange(start, stop)[:, None] * n_items + top).ravel()
-        wanted = test_users[rows].astype(np.int64) * n_items + test_items[rows]
-        hits[start:stop] = np.isin(keys, wanted).reshape(top.shape)
+        wanted = test_users[rows] * n_items + test_items[rows]
+        hits = np.isin(keys, wanted).reshape(top.shape)
+        for j, kk in enumerate(cuts):
+            found[start:stop, j] = hits[:, :kk].sum(axis=1)
+            gain[start:stop, j] = (hits[:, :kk] * discounts[:kk]).sum(axis=1)
+        first[start:stop] = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.inf)
 
     metrics: dict[str, float] = {}
     users = num_relevant > 0
-    discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
     ideal_by_count = np.concatenate([[0.0], np.cumsum(discounts)])
-    for k in ks:
-        kk = min(k, k_max)
-        found = hits[:, :kk].sum(axis=1)
-        metrics[f"recall@{k}"] = float(np.mean(found[users] / num_relevant[users]))
-        dcg = (hits[:, :kk] * discounts[:kk]).sum(axis=1)
+    for j, (k, kk) in enumerate(zip(ks, cuts, strict=True)):
+        metrics[f"recall@{k}"] = float(np.mean(found[users, j] / num_relevant[users]))
         ideal = ideal_by_count[np.minimum(num_relevant, kk).astype(np.int64)]
-        metrics[f"ndcg@{k}"] = float(np.mean(dcg[users] / ideal[users]))
-        metrics[f"hit_rate@{k}"] = float(np.mean(found[users] > 0))
-    first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.inf)
+        metrics[f"ndcg@{k}"] = float(np.mean(gain[users, j] / ideal[users]))
+        metrics[f"hit_rate@{k}"] = float(np.mean(found[users, j] > 0))
     metrics["mrr"] = float(np.mean(1.0 / first[users]))
     for k in ks:
         metrics[f"top_{k}_categorical_accuracy"] = float(np.mean(positive_rank < k))
@@ -160,6 +193,70 @@ def embed(tower: tf.keras.layers.Layer, ids: np.ndarray, batch_size: int = 8192)
     return tf.concat(parts, axis=0)
 
 
+@dataclass(frozen=True)
+class EvaluationSet:
+    """A split mapped onto the catalog once, so repeated evaluations only score.
+
+    ``users`` ``(u,)`` sorted distinct evaluated user ids; ``test_users`` ``(t,)`` each
+    test interaction's row in ``users``; ``test_items`` ``(t,)`` its catalog column
+    (-1 outside the catalog); ``seen`` the catalog columns excluded per user row;
+    ``items`` ``(n,)`` the catalog.
+    """
+
+    users: np.ndarray
+    test_users: np.ndarray
+    test_items: np.ndarray
+    seen: RowColumns | None
+    items: np.ndarray
+
+
+def evaluation_set(
+    test: Interactions,
+    items: np.ndarray,
+    seen: Interactions | None = None,
+    max_users: int = 0,
+    seed: int = 0,
+) -> EvaluationSet:
+    """Maps ``test`` (and ``seen``) onto the catalog ``items``.
+
+    With ``0 < max_users < distinct test users``, only a uniform sample of that many
+    users (drawn with ``seed``, so the same inputs give the same sample) and all their
+    test interactions are kept. O((t + s) log(u + n)) time, O(t + s) memory.
+    """
+    users, test_users = np.unique(test.user_id, return_inverse=True)
+    test_users = test_users.astype(np.int64)
+    if 0 < max_users < len(users):
+        chosen = np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False))
+        row_of = np.full(len(users), -1, dtype=np.int64)
+        row_of[chosen] = np.arange(max_users)
+        keep = row_of[test_users] >= 0
+        users, test_users, test = users[chosen], row_of[test_users[keep]], test.subset(keep)
+    excluded = None
+    if seen is not None:
+        excluded = RowColumns.from_pairs(
+            catalog_index(users, seen.user_id),
+            catalog_index(items, seen.item_id),
+            len(users),
+            len(items),
+        )
+    return EvaluationSet(users, test_users, catalog_index(items, test.item_id), excluded, items)
+
+
+def evaluate_set(model, evaluation: EvaluationSet, ks: list[int], chunk_size: int = 1024) -> dict[str, float]:
+    """Evaluates a ``TwoTowerModel`` on a prepared ``EvaluationSet``.
+
+    Items are ranked by the head's similarity (the temperature does not change a
+    ranking).
+    """
+    head = model.head
+    user_vectors = head.normalize(embed(model.user_tower, evaluation.users)).numpy()
+    item_vectors = head.normalize(embed(model.item_tower, evaluation.items)).numpy()
+    return evaluate_embeddings(
+        user_vectors, item_vectors, evaluation.test_users, evaluation.test_items, ks,
+        evaluation.seen, chunk_size,
+    )
+
+
 def evaluate_model(
     model,
     test: Interactions,
@@ -168,47 +265,34 @@ def evaluate_model(
     seen: Interactions | None = None,
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """Evaluates a ``TwoTowerModel`` on ``test`` against the whole catalog ``items``.
-
-    Items are ranked by the head's similarity (the temperature does not change a
-    ranking). ``seen`` (usually the training interactions) is excluded from the
-    per-user metrics when given.
+    """Evaluates a ``TwoTowerModel`` on every user of ``test`` against the whole catalog
+    ``items``, exactly. ``seen`` (usually the training interactions) is excluded from
+    the per-user metrics when given.
     """
     if len(test) == 0:
         return {}
-    users, test_users = np.unique(test.user_id, return_inverse=True)
-    item_index = {item: k for k, item in enumerate(items.tolist())}
-    test_items = np.array([item_index.get(i, -1) for i in test.item_id.tolist()], np.int64)
-    excluded = None
-    if seen is not None:
-        user_row = {u: k for k, u in enumerate(users.tolist())}
-        buckets: list[list[int]] = [[] for _ in users]
-        for u, i in zip(seen.user_id.tolist(), seen.item_id.tolist(), strict=True):
-            row, column = user_row.get(u), item_index.get(i)
-            if row is not None and column is not None:
-                buckets[row].append(column)
-        excluded = [np.unique(np.array(b, dtype=np.int64)) for b in buckets]
-    head = model.head
-    user_vectors = head.normalize(embed(model.user_tower, users)).numpy()
-    item_vectors = head.normalize(embed(model.item_tower, items)).numpy()
-    return evaluate_embeddings(
-        user_vectors, item_vectors, test_users, test_items, ks, excluded, chunk_size
-    )
+    return evaluate_set(model, evaluation_set(test, items, seen), ks, chunk_size)
 
 
 class ValidationRecall(tf.keras.callbacks.Callback):
     """Evaluates on the validation split after each epoch and logs ``val_recall_at_K``,
-    ``val_ndcg_at_K``, so ``EarlyStopping`` and TensorBoard can watch them."""
+    ``val_ndcg_at_K``, so ``EarlyStopping`` and TensorBoard can watch them.
 
-    def __init__(self, validation, items, ks, seen=None, chunk_size=1024):
+    Monitoring scores a seeded sample of at most ``max_users`` validation users
+    (0: all), drawn once when the callback is made, so every epoch (and a resumed
+    run) compares the same users. Each epoch costs ``min(max_users, users) x items x d``.
+    """
+
+    def __init__(self, validation, items, ks, seen=None, chunk_size=1024,
+                 max_users=EvaluationConfig.validation_users, seed=0):
         super().__init__()
-        self.validation, self.items, self.ks = validation, items, ks
-        self.seen, self.chunk_size = seen, chunk_size
+        self.ks, self.chunk_size = ks, chunk_size
+        self.evaluation = evaluation_set(validation, items, seen, max_users, seed)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = evaluate_model(
-            self.model, self.validation, self.items, self.ks, self.seen, self.chunk_size
-        )
+        if len(self.evaluation.test_users) == 0:
+            return
+        metrics = evaluate_set(self.model, self.evaluation, self.ks, self.chunk_size)
         if logs is not None:
             for k in self.ks:
                 logs[f"val_recall_at_{k}"] = metrics[f"recall@{k}"]

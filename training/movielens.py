@@ -35,7 +35,6 @@ ratings stay in the cache (``read_ratings``).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import io
@@ -53,8 +52,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import Interactions, LoadedData
+from training.data_cli import data_commands
 from training.errors import InputError
+from training.schema import Interactions, LoadedData
 
 NAME = "movielens-100k"
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -608,11 +608,7 @@ def load_movielens_100k(
 
 def register(subparsers) -> None:
     """Adds ``data fetch movielens-100k [--path P] [--cache-dir D]`` to the CLI."""
-    data = subparsers.choices.get("data") or subparsers.add_parser(
-        "data", help="fetch and inspect datasets"
-    )
-    actions = [a for a in data._actions if isinstance(a, argparse._SubParsersAction)]
-    commands = actions[0] if actions else data.add_subparsers(dest="data_command", required=True)
+    commands = data_commands(subparsers)
     fetch = commands.add_parser(
         "fetch",
         help="download a dataset into the local cache and verify it",

@@ -1,30 +1,32 @@
-"""Run directories: what ``tfrs-cosine train`` writes and ``evaluate``/``export`` read.
+"""Run directories: what ``tfrs-cosine train`` writes and ``evaluate``/``export``/``runs`` read.
 
 Layout (docs/architecture.md)::
 
     run.json  config.toml  vocab/users.txt  vocab/items.txt  model/  checkpoints/
-    metrics.json  history.json  logs/
+    metrics.json  history.json  logs/  .lock
 
 ``run.json`` carries ``status``: ``running`` while training, ``complete`` once the
-final weights and metrics are written, ``failed`` or ``interrupted`` otherwise.
+final weights and metrics are written, ``failed`` or ``interrupted`` otherwise; the
+process that runs or ran the job (``pid``, ``host``, ``pid_start``, ``heartbeat``); its
+progress (``epochs``, ``epochs_completed``, ``best_epoch``, ``best_value``,
+``monitor``); and ``resumes``, one entry per ``--resume`` with the keys it changed.
 JSON files are written to a temporary name and renamed, so a crash never leaves a
-truncated one.
+truncated one; within a process, updates of ``run.json`` (the job and its heartbeat
+thread) are serialized. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import tomllib
-from dataclasses import dataclass
+import re
+import threading
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
-
-from training.config import Config, config_from_dict
+from training.config import Config, config_from_dict, read_toml
 from training.errors import InputError
+from training.locking import LOCK, Process, timestamp
 
 RUN_INFO = "run.json"
 CONFIG = "config.toml"
@@ -32,26 +34,17 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model"
 METRICS = "metrics.json"
 HISTORY = "history.json"
-
-
-@dataclass
-class TrainedRun:
-    path: Path
-    config: Config
-    model: Any  # tfrs_cosine.TwoTowerModel with the final weights
-    users: list[str]
-    items: list[str]
-    metrics: dict[str, Any]
-    info: dict[str, Any]
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+_INFO_LOCK = threading.Lock()
 
 
 def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Writes ``path`` through a temporary file and a rename (never half a file)."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
+    temporary.write_text(text)
     os.replace(temporary, path)
 
 
@@ -62,38 +55,78 @@ def read_info(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{run_dir} is not a run directory (no {RUN_INFO})")
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{path} is not a JSON object")
+    return info
+
+
+def update_info(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Sets ``fields`` in ``run.json`` (read, update, atomic rewrite); returns the result."""
+    with _INFO_LOCK:
+        info = read_info(run_dir)
+        info.update(updated=timestamp(), **fields)
+        write_json(Path(run_dir) / RUN_INFO, info)
+        return info
 
 
 def mark(run_dir: Path, status: str, **fields: Any) -> None:
-    info = read_info(run_dir)
-    info.update(status=status, updated=_now(), **fields)
-    write_json(Path(run_dir) / RUN_INFO, info)
+    update_info(run_dir, status=status, **fields)
 
 
-def _versions() -> dict[str, str]:
-    import tensorflow_recommenders as tfrs
-
-    return {"tensorflow": tf.__version__, "tensorflow_recommenders": tfrs.__version__}
+def heartbeat(run_dir: Path) -> None:
+    update_info(run_dir, heartbeat=timestamp())
 
 
-def write_start(run_dir: Path, config: Config, data, split, resumed: bool = False) -> None:
-    """Writes config, vocabularies and a ``running`` run.json."""
+def check_new(run_dir: Path) -> None:
+    """Raises ``InputError`` unless ``run_dir`` is absent or empty (a held lock file aside)."""
     run_dir = Path(run_dir)
-    if resumed:
-        mark(run_dir, "running", resumed=_now())
-        return
+    if run_dir.exists() and (
+        not run_dir.is_dir() or any(p.name != LOCK for p in run_dir.iterdir())
+    ):
+        holder = live_holder(run_dir)
+        if holder is not None:
+            raise InputError(f"run directory in use by {holder}: {run_dir}")
+        raise InputError(
+            f"run directory {run_dir} already exists; pass --resume to continue it or "
+            "choose a new --run-dir"
+        )
+
+
+def live_holder(run_dir: Path) -> Process | None:
+    """The live process of a ``running`` run, if any (``locking.Process.alive``)."""
+    try:
+        info = read_info(run_dir)
+    except InputError:
+        return None
+    holder = Process.from_record(info)
+    if info.get("status") == "running" and holder is not None and holder.alive():
+        return holder
+    return None
+
+
+def write_start(
+    run_dir: Path, config: Config, data, split, versions: dict[str, str], process: Process
+) -> None:
+    """Writes config, vocabularies and a ``running`` run.json for a new run."""
+    run_dir = Path(run_dir)
     (run_dir / "vocab").mkdir(parents=True, exist_ok=True)
     (run_dir / "vocab" / "users.txt").write_text("\n".join(data.users.tolist()) + "\n")
     (run_dir / "vocab" / "items.txt").write_text("\n".join(data.items.tolist()) + "\n")
-    (run_dir / CONFIG).write_text(config.to_toml())
+    write_text(run_dir / CONFIG, config.to_toml())
     write_json(
         run_dir / RUN_INFO,
         {
             "status": "running",
-            "started": _now(),
+            "started": timestamp(),
+            **process.record(),
+            "epochs": config.training.epochs,
+            "epochs_completed": 0,
+            "resumes": [],
             "data": {
                 "description": data.description,
                 "num_interactions": len(data.interactions),
@@ -103,24 +136,49 @@ def write_start(run_dir: Path, config: Config, data, split, resumed: bool = Fals
                 "validation": len(split.validation),
                 "test": len(split.test),
             },
-            "versions": _versions(),
+            "versions": versions,
         },
     )
 
 
-def write_finish(run_dir: Path, model, metrics: dict, history: list[dict]) -> None:
-    """Writes final weights, metrics and history, then marks the run complete."""
+def write_resume(
+    run_dir: Path, config: Config, changes: dict[str, tuple[Any, Any]], from_epoch: int,
+    process: Process,
+) -> None:
+    """Marks a resumed run ``running``: the config in effect, the changes, the new process."""
     run_dir = Path(run_dir)
-    tf.train.Checkpoint(model=model).write(str(run_dir / MODEL / "weights"))
+    write_text(run_dir / CONFIG, config.to_toml())
+    resumes = read_info(run_dir).get("resumes", [])
+    resumes.append({
+        "time": timestamp(), "from_epoch": from_epoch, "pid": process.pid,
+        "host": process.host,
+        "changed": {key: [old, new] for key, (old, new) in changes.items()},
+    })
+    update_info(run_dir, status="running", **process.record(), epochs=config.training.epochs,
+                resumes=resumes, error=None)
+
+
+def write_progress(run_dir: Path, epochs_completed: int, best_epoch: int | None,
+                   best_value: float | None, monitor: str | None) -> None:
+    """Records a completed epoch in ``run.json`` (after its checkpoint)."""
+    update_info(run_dir, epochs_completed=epochs_completed, best_epoch=best_epoch,
+                best_value=best_value, monitor=monitor, heartbeat=timestamp())
+
+
+def write_finish(run_dir: Path, metrics: dict, history: list[dict]) -> None:
+    """Writes metrics and history (after the final weights), then marks the run complete."""
+    run_dir = Path(run_dir)
     write_json(run_dir / METRICS, metrics)
     write_json(run_dir / HISTORY, history)
     training = metrics.get("training", {})
     mark(
         run_dir,
         "complete",
-        finished=_now(),
+        finished=timestamp(),
         epochs_completed=training.get("epochs"),
         best_epoch=training.get("best_epoch"),
+        best_value=training.get("best_value"),
+        weights_epoch=training.get("weights_epoch"),
     )
 
 
@@ -128,7 +186,19 @@ def read_config(run_dir: Path) -> Config:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise InputError(f"{run_dir} has no {CONFIG}")
-    return config_from_dict(tomllib.loads(path.read_text()))
+    return config_from_dict(read_toml(path, "run config"))
+
+
+def latest_checkpoint_epoch(run_dir: Path) -> int | None:
+    """Epochs completed by the latest training checkpoint (``ckpt-N``), read without
+    TensorFlow from ``checkpoints/checkpoint``; None when there is none."""
+    path = Path(run_dir) / CHECKPOINTS / "checkpoint"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.search(r'^model_checkpoint_path: "(?:.*/)?ckpt-(\d+)"', text, re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def read_vocabulary(run_dir: Path, name: str) -> list[str]:
@@ -141,26 +211,3 @@ def read_vocabulary(run_dir: Path, name: str) -> list[str]:
 def load_metrics(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / METRICS
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_run(run_dir: str | Path) -> TrainedRun:
-    """Rebuilds the trained model of a complete run directory."""
-    from training.train import build_model
-
-    run_dir = Path(run_dir)
-    info = read_info(run_dir)
-    if info.get("status") != "complete":
-        raise InputError(
-            f"run {run_dir} is not complete (status: {info.get('status', 'unknown')}); "
-            "finish it with `tfrs-cosine train --resume` first"
-        )
-    config = read_config(run_dir)
-    users, items = read_vocabulary(run_dir, "users"), read_vocabulary(run_dir, "items")
-    model = build_model(config, users, items)
-    weights = run_dir / MODEL / "weights"
-    try:
-        status = tf.train.Checkpoint(model=model).read(str(weights))
-        status.assert_existing_objects_matched().expect_partial()
-    except (tf.errors.NotFoundError, tf.errors.DataLossError, AssertionError, ValueError) as e:
-        raise InputError(f"cannot restore weights of {run_dir}: {str(e).splitlines()[0]}") from None
-    return TrainedRun(run_dir, config, model, users, items, load_metrics(run_dir), info)

@@ -5,7 +5,8 @@
   row order) is held out; users with a single interaction keep it for training.
 
 The validation split is carved out of the training part with the same method, so
-test interactions are never seen while tuning or early stopping.
+test interactions are never seen while tuning or early stopping. The per-row splits
+``time``, ``hash-user`` and ``hash-interaction`` are ``training.streaming_splits``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.data import Interactions
 from training.errors import InputError
+from training.schema import Interactions
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,15 @@ def split_data(interactions: Interactions, config) -> Split:
             train, validation = leave_last_out(rest)
         else:
             train, validation = rest, rest.subset(np.zeros(len(rest), dtype=bool))
+    elif config.split in ("time", "hash-user", "hash-interaction"):
+        from training.streaming_splits import split_in_memory  # TensorFlow loads here
+
+        train, validation, test = split_in_memory(interactions, config)
     else:
-        raise InputError(f"unknown data.split {config.split!r}; valid: random, leave-last-out")
+        raise InputError(
+            f"unknown data.split {config.split!r}; valid: random, leave-last-out, time, "
+            "hash-user, hash-interaction"
+        )
     if len(train) == 0 or len(test) == 0:
         raise InputError(
             f"split {config.split!r} left {len(train)} training and {len(test)} test interactions"

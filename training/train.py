@@ -4,7 +4,14 @@
 wraps it with a run directory: resolved config, vocabularies, per-epoch checkpoints
 for ``--resume``, TensorBoard logs, final weights, ``metrics.json``. A run directory is
 marked ``running`` in ``run.json`` until it is complete, so nothing half-written looks
-finished.
+finished; one process at a time holds it (``training.locking``).
+
+Resume equals an uninterrupted run: epoch ``e`` trains on a dataset built with
+``epoch_seed(training.seed, e)`` (``fit`` calls ``model.fit`` once per epoch), and the
+checkpoint after each epoch holds the model, the optimizer and the early-stopping
+state with the history (``training.early_stopping``). An interrupt (SIGINT, SIGTERM)
+during epoch ``e`` keeps the checkpoint of epoch ``e - 1``: the resumed run repeats
+epoch ``e`` from its first batch, in the same order.
 """
 
 from __future__ import annotations
@@ -18,13 +25,20 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfrs_cosine import IdTower, TwoTowerModel, make_head
+from tfrs_cosine import TwoTowerModel
 from training import rundir
-from training.config import Config
-from training.data import LoadedData, load_data
-from training.errors import InputError
+from training.callbacks import AfterEpoch, EpochMeanLogs, EpochScalars, ProgressBar
+from training.checkpoint import TrainingCheckpoint
+from training.config import Config, validate_catalog
+from training.data import load_data
+from training.early_stopping import EarlyStopping, EpochSummary
 from training.evaluation import ValidationRecall, evaluate_model
-from training.pipeline import item_probabilities, make_training_dataset
+from training.interrupts import signals_raise
+from training.locking import HEARTBEAT_SECONDS, Heartbeat, Process, RunLock
+from training.modeling import build_model, make_optimizer, save_weights, versions
+from training.pipeline import epoch_seed, item_probabilities, make_training_dataset
+from training.resume import check_resume
+from training.schema import LoadedData
 from training.splits import Split, split_data
 
 Log = Callable[[str], None]
@@ -36,51 +50,19 @@ def _print(message: str) -> None:
 
 @dataclass
 class FitResult:
+    """``epochs``: completed in total (a resumed fit counts those before it too);
+    ``epochs_trained``: by this call; ``weights_epoch``: the epoch whose weights the
+    model holds (the best with early stopping, else the last)."""
+
     model: TwoTowerModel
     history: list[dict[str, float]]
     epochs: int
     seconds: float
     best_epoch: int | None
-
-
-def build_model(
-    config: Config, users: Sequence[str], items: Sequence[str], logq: bool | None = None
-) -> TwoTowerModel:
-    """The ``TwoTowerModel`` a ``Config`` describes, over the given vocabularies."""
-    m = config.model
-
-    def tower(name: str, vocabulary: Sequence[str]) -> IdTower:
-        return IdTower(
-            vocabulary,
-            m.embedding_dim,
-            hidden_layers=m.layers_for(name),
-            layer_norm=m.layer_norm,
-            center=m.center,
-            name=f"{name}_tower",
-        )
-
-    model = TwoTowerModel(
-        user_tower=tower("user", users),
-        item_tower=tower("item", items),
-        head=make_head(m.head, m.temperature, m.learn_temperature, m.min_temperature or None),
-        remove_accidental_hits=m.remove_accidental_hits,
-        logq_correction=m.logq_correction if logq is None else logq,
-        num_hard_negatives=m.num_hard_negatives or None,
-        uniformity_weight=m.uniformity_weight,
-    )
-    # Build every variable now so checkpoints restore eagerly.
-    model({"user_id": tf.constant([str(users[0])]), "item_id": tf.constant([str(items[0])])})
-    model.head.build()
-    return model
-
-
-def make_optimizer(config: Config) -> tf.keras.optimizers.Optimizer:
-    t = config.training
-    if t.optimizer == "adagrad":
-        return tf.keras.optimizers.Adagrad(t.learning_rate)
-    if t.optimizer == "adam":
-        return tf.keras.optimizers.Adam(t.learning_rate)
-    return tf.keras.optimizers.SGD(t.learning_rate)
+    best_value: float | None = None
+    weights_epoch: int | None = None
+    epochs_trained: int = 0
+    monitor: str | None = None  # the history key early stopping watched
 
 
 def describe_devices() -> str:
@@ -108,18 +90,6 @@ def precision_policy(mixed: bool) -> Iterator[None]:
         tf.keras.mixed_precision.set_global_policy(previous)
 
 
-class _EpochCheckpoint(tf.keras.callbacks.Callback):
-    """Saves model, optimizer and the epoch counter after every epoch (for --resume)."""
-
-    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable):
-        super().__init__()
-        self.manager, self.epoch = manager, epoch
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
-
-
 def fit(
     config: Config,
     data: LoadedData,
@@ -127,77 +97,70 @@ def fit(
     verbose: int | str = 0,
     callbacks: Sequence[tf.keras.callbacks.Callback] = (),
     checkpoint_dir: str | Path | None = None,
+    on_epoch: Callable[[EpochSummary], None] | None = None,
 ) -> FitResult:
     """Trains a model on ``split.train`` with early stopping on ``split.validation``.
 
-    Early stopping watches validation ``recall@evaluation.monitor_k`` and restores the
-    best epoch's weights. With ``checkpoint_dir``, every epoch is checkpointed and a
-    later call resumes from the last checkpoint there.
+    Early stopping watches validation ``recall@evaluation.monitor_k``; with a patience,
+    the best epoch's weights are restored at the end. With ``checkpoint_dir``, every
+    epoch is checkpointed (model, optimizer, early-stopping state, history) and a later
+    call continues from the latest checkpoint there, ending as an uninterrupted call
+    would. ``on_epoch`` is called after each epoch's checkpoint.
+
+    Each epoch is one ``model.fit`` call on that epoch's dataset, so ``callbacks`` see
+    ``on_train_begin``/``on_train_end`` every epoch; one that sets
+    ``model.stop_training`` ends the training.
     """
     t, e = config.training, config.evaluation
     tf.keras.utils.set_random_seed(t.seed)
-    logq = config.model.logq_correction
     probabilities = None
-    if logq:
+    if config.model.logq_correction:
         shares = item_probabilities(split.train, data.items)
         probabilities = dict(zip(data.items.tolist(), shares.tolist(), strict=True))
-    dataset = make_training_dataset(split.train, t.batch_size, probabilities, seed=t.seed)
+    validating = len(split.validation) > 0
 
     with precision_policy(t.mixed_precision), distribution_strategy().scope():
         model = build_model(config, data.users.tolist(), data.items.tolist())
         optimizer = make_optimizer(config)
         model.compile(optimizer=optimizer)
+        stopping = EarlyStopping(model, f"val_recall_at_{e.monitor_k}" if validating else None,
+                                 t.early_stopping_patience)
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = TrainingCheckpoint(checkpoint_dir, model, optimizer, stopping.state)
+            checkpoint.restore_or_initialize()
 
-    initial_epoch = 0
-    all_callbacks: list[tf.keras.callbacks.Callback] = []
-    if checkpoint_dir is not None:
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
-        manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint)
-            initial_epoch = int(epoch.numpy())
-        all_callbacks.append(_EpochCheckpoint(manager, epoch))
-    early_stopping = None
-    if len(split.validation) > 0:
-        all_callbacks.insert(
-            0,
-            ValidationRecall(
-                split.validation,
-                data.items,
-                sorted(set([e.monitor_k, *e.ks])),
-                seen=split.train if e.exclude_seen else None,
-                chunk_size=e.chunk_size,
-            ),
-        )
-        if t.early_stopping_patience > 0:
-            early_stopping = tf.keras.callbacks.EarlyStopping(
-                monitor=f"val_recall_at_{e.monitor_k}",
-                mode="max",
-                patience=t.early_stopping_patience,
-                restore_best_weights=True,
-            )
-            all_callbacks.append(early_stopping)
-    all_callbacks += list(callbacks)
+    # Order matters: each callback's epoch end sees what the ones before it added.
+    epoch_callbacks: list[tf.keras.callbacks.Callback] = [EpochMeanLogs()]
+    if validating:
+        epoch_callbacks.append(ValidationRecall(
+            split.validation, data.items, sorted(set([e.monitor_k, *e.ks])),
+            seen=split.train if e.exclude_seen else None, chunk_size=e.chunk_size,
+            max_users=e.validation_users, seed=t.seed,
+        ))
+    epoch_callbacks += [stopping, *([checkpoint] if checkpoint else [])]
+    if verbose:
+        epoch_callbacks.append(ProgressBar(t.epochs))
+    if on_epoch is not None:
+        epoch_callbacks.append(AfterEpoch(lambda: on_epoch(stopping.summary())))
+    epoch_callbacks += list(callbacks)
 
+    first = stopping.epochs_done
     start = time.perf_counter()
-    history = model.fit(
-        dataset,
-        epochs=t.epochs,
-        initial_epoch=initial_epoch,
-        verbose=verbose,
-        callbacks=all_callbacks,
-    )
+    for epoch in range(first, t.epochs):
+        if stopping.stopped:  # also when resuming a run that had stopped
+            break
+        dataset = make_training_dataset(split.train, t.batch_size, probabilities,
+                                        seed=epoch_seed(t.seed, epoch))
+        model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=verbose,
+                  callbacks=epoch_callbacks)
+        if model.stop_training:
+            break
     seconds = time.perf_counter() - start
-    rows = [
-        {key: float(values[k]) for key, values in history.history.items()}
-        | {"epoch": initial_epoch + k + 1}
-        for k in range(len(history.epoch))
-    ]
-    best_epoch = None
-    if early_stopping is not None and early_stopping.best_weights is not None:
-        best_epoch = initial_epoch + early_stopping.best_epoch + 1 if history.epoch else None
-    return FitResult(model, rows, initial_epoch + len(history.epoch), seconds, best_epoch)
+    weights_epoch = stopping.restore_best_weights()
+    return FitResult(model, stopping.history, stopping.epochs_done, seconds,
+                     stopping.best_epoch, stopping.best_value, weights_epoch,
+                     stopping.epochs_done - first, stopping.monitor)
 
 
 def evaluate_split(
@@ -210,9 +173,10 @@ def evaluate_split(
 
 
 def prepare(config: Config, log: Log = _print) -> tuple[LoadedData, Split]:
-    """Loads and splits the data a config names (before anything is written)."""
+    """Loads, checks and splits the data a config names (before anything is written)."""
     log(f"data: loading {config.data.source}")
     data = load_data(config.data)
+    validate_catalog(config, len(data.items))
     split = split_data(data.interactions, config.data)
     log(
         f"data: {data.description}: {len(data.interactions)} interactions, "
@@ -228,66 +192,99 @@ def train(
     resume: bool = False,
     log: Log = _print,
     verbose: int | str | None = None,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
 ) -> Path:
     """Trains and writes a complete run directory; returns its path.
 
     Raises ``InputError`` before writing anything when the run directory exists (and
-    ``resume`` is off), when resuming a run without a checkpoint, or for bad data.
+    ``resume`` is off), is held by a live process, cannot be resumed with ``config``
+    (``training.resume``), or for bad data. SIGINT and SIGTERM raise ``Interrupted``
+    after marking the run ``interrupted``.
     """
     run_dir = Path(run_dir)
-    if resume:
-        info = rundir.read_info(run_dir)
-        if info.get("status") == "complete":
-            raise InputError(f"run {run_dir} is already complete; nothing to resume")
-        if tf.train.latest_checkpoint(str(run_dir / rundir.CHECKPOINTS)) is None:
-            raise InputError(f"cannot resume {run_dir}: it has no checkpoint")
-    elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise InputError(
-            f"run directory {run_dir} already exists; pass --resume to continue it or "
-            "choose a new --run-dir"
-        )
-    data, split = prepare(config, log)
-    log(describe_devices())
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_start(run_dir, config, data, split, resumed=resume)
-    try:
-        if verbose is None:
-            verbose = 1 if sys.stdout.isatty() else 2
-        log(
-            f"train: head={config.model.head} layer_norm={config.model.layer_norm} "
-            f"dim={config.model.embedding_dim} epochs<={config.training.epochs} "
-            f"batch={config.training.batch_size}"
-        )
-        result = fit(
-            config,
-            data,
-            split,
-            verbose=verbose,
-            callbacks=[tf.keras.callbacks.TensorBoard(str(run_dir / "logs"))],
-            checkpoint_dir=run_dir / rundir.CHECKPOINTS,
-        )
-        log(f"train: {result.epochs} epochs in {result.seconds:.1f} s")
-        metrics = {
-            name: evaluate_split(config, result.model, data, split, name)
-            for name in ("validation", "test")
-            if len(split.get(name)) > 0
-        }
-        examples = len(split.train) * len(result.history)
-        metrics["training"] = {
-            "epochs": result.epochs,
-            "best_epoch": result.best_epoch,
-            "seconds": round(result.seconds, 3),
-            "examples_per_second": round(examples / max(result.seconds, 1e-9), 1),
-            "final_temperature": float(result.model.head.temperature.numpy()),
-        }
-        rundir.write_finish(run_dir, result.model, metrics, result.history)
-    except BaseException as error:
-        rundir.mark(run_dir, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
-                    error=f"{type(error).__name__}: {error}")
-        raise
+    lock = RunLock(run_dir)
+    with signals_raise(), contextlib.ExitStack() as held:
+        if resume:
+            rundir.read_info(run_dir)  # a missing or foreign directory is named first
+            lock.acquire(log, last_seen=lambda: rundir.read_info(run_dir))
+            held.callback(lock.release)
+            changes, completed = check_resume(run_dir, config)
+        else:
+            rundir.check_new(run_dir)
+        data, split = prepare(config, log)
+        log(describe_devices())
+        process = Process.current()
+        if resume:
+            rundir.write_resume(run_dir, config, changes, completed, process)
+            log(f"run: resuming {run_dir} after epoch {completed}"
+                + "".join(f"; {k}: {old} -> {new}" for k, (old, new) in changes.items()))
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire(log)
+            held.callback(lock.release)
+            rundir.check_new(run_dir)  # another job may have started it meanwhile
+            rundir.write_start(run_dir, config, data, split, versions(), process)
+        try:
+            with Heartbeat(lambda: rundir.heartbeat(run_dir), heartbeat_seconds):
+                _train_into(config, data, split, run_dir, log, verbose)
+        except BaseException as error:
+            if rundir.read_info(run_dir).get("status") == "complete":
+                raise  # the signal came after the run was written: it stays complete
+            if isinstance(error, KeyboardInterrupt):  # SIGINT, SIGTERM (Interrupted)
+                rundir.mark(run_dir, "interrupted", error=str(error) or "interrupted")
+                log(f"run: {run_dir} {str(error) or 'interrupted'}; continue it with "
+                    f"`tfrs-cosine train --run-dir {run_dir} --resume`")
+            else:
+                rundir.mark(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+            raise
     log(f"run: {run_dir} complete")
     return run_dir
+
+
+def _train_into(config: Config, data: LoadedData, split: Split, run_dir: Path, log: Log,
+                verbose: int | str | None) -> None:
+    """Fits with checkpoints in ``run_dir``, then writes weights, metrics and history."""
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 0
+    t, m = config.training, config.model
+    log(f"train: head={m.head} layer_norm={m.layer_norm} dim={m.embedding_dim} "
+        f"epochs<={t.epochs} batch={t.batch_size}")
+
+    def report(epoch: EpochSummary) -> None:
+        rundir.write_progress(run_dir, epoch.epoch, epoch.best_epoch, epoch.best_value,
+                              epoch.monitor)
+        text = f"epoch {epoch.epoch}/{t.epochs}: loss {epoch.row.get('loss', float('nan')):.4f}"
+        if epoch.monitor:
+            text += (f", {epoch.monitor} {epoch.row[epoch.monitor]:.4f} (best "
+                     f"{epoch.best_value:.4f} at epoch {epoch.best_epoch})")
+        log(text + ("; early stop" if epoch.stopping else "") + "; checkpoint saved")
+
+    writer = tf.summary.create_file_writer(str(run_dir / "logs" / "train"))
+    try:
+        result = fit(config, data, split, verbose=verbose, callbacks=[EpochScalars(writer)],
+                     checkpoint_dir=run_dir / rundir.CHECKPOINTS, on_epoch=report)
+    finally:
+        writer.close()
+    log(f"train: {result.epochs_trained} epochs in {result.seconds:.1f} s "
+        f"({result.epochs} in total; final weights from epoch {result.weights_epoch})")
+    metrics = {
+        name: evaluate_split(config, result.model, data, split, name)
+        for name in ("validation", "test")
+        if len(split.get(name)) > 0
+    }
+    examples = len(split.train) * result.epochs_trained
+    metrics["training"] = {
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "best_value": result.best_value,
+        "monitor": result.monitor,
+        "weights_epoch": result.weights_epoch,
+        "seconds": round(result.seconds, 3),
+        "examples_per_second": round(examples / max(result.seconds, 1e-9), 1),
+        "final_temperature": float(result.model.head.temperature.numpy()),
+    }
+    save_weights(result.model, run_dir)
+    rundir.write_finish(run_dir, metrics, result.history)
 
 
 def format_metrics(metrics: dict[str, dict[str, float]], ks: Sequence[int]) -> str:

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from sklearn.metrics.pairwise import cosine_similarity
 
 from training import baselines
-from training.data import Interactions
+from training.schema import Interactions
 
 
 @pytest.fixture(scope="module")

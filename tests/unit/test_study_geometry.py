@@ -115,7 +115,7 @@ def test_random_d_keeps_dot_scores_and_moves_neighbour_lists():
 
 def test_random_d_changes_a_cosine_models_loss():
     from training.study import rescaled
-    from training.study.faithfulness import in_batch_loss
+    from training.study.probes import in_batch_loss
 
     model = _constructed("cosine")
     batch = {"user_id": tf.constant(["u0", "u1", "u2", "u3"]),

@@ -101,7 +101,7 @@ def test_temperature_floor_clamps_a_learned_temperature():
 
 
 def test_config_keys_reach_the_model_and_are_validated():
-    from training.train import build_model
+    from training.modeling import build_model
 
     config = config_from_dict({"model": {"head": "cosine", "temperature": 0.3,
                                          "learn_temperature": True, "min_temperature": 0.2,

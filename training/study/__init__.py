@@ -1,27 +1,26 @@
 """Offline studies. ``faithfulness``: the cosine-faithfulness study (Steck et al. 2024).
 
-``linear`` holds the paper's closed-form models, ``metrics`` the measurements, and
-``faithfulness`` the run, its report and the ``study cosine-faithfulness`` subcommand.
+``linear`` holds the paper's closed-form models, ``metrics`` the measurements,
+``faithfulness`` the run and its report, and ``cli`` the ``study`` subcommand. Importing
+the package is light: the study's names below load on first use.
 """
 
-from training.study.faithfulness import (
-    StudySettings,
-    explanation_cosines,
-    item_embeddings,
-    make_settings,
-    register,
-    rescaled,
-    run_study,
-    served_scores,
-)
+import importlib
 
-__all__ = [
-    "StudySettings",
-    "explanation_cosines",
-    "item_embeddings",
-    "make_settings",
-    "register",
-    "rescaled",
-    "run_study",
-    "served_scores",
-]
+_NAMES = {
+    "StudySettings": "training.study.faithfulness",
+    "make_settings": "training.study.faithfulness",
+    "run_study": "training.study.faithfulness",
+    "explanation_cosines": "training.study.probes",
+    "item_embeddings": "training.study.probes",
+    "rescaled": "training.study.probes",
+    "served_scores": "training.study.probes",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'training.study' has no attribute {name!r}")

@@ -34,17 +34,14 @@ recall), ``auc_recall_front.png`` and ``movielens_genres.png``. Run it with
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import functools
 import math
 import os
 import platform
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +50,15 @@ import numpy as np
 
 from training.errors import InputError
 from training.study import linear, metrics, tuning
+from training.study.probes import (
+    explanation_cosines,
+    in_batch_loss,
+    item_embeddings,
+    jsonable,
+    loss_batches,
+    rescaled,
+    served_scores,
+)
 
 Log = Callable[[str], None]
 
@@ -207,7 +213,7 @@ def serve_linear(
     settings: StudySettings, model: linear.LinearModel, x: np.ndarray, users, items
 ):
     """A ``TwoTowerModel`` with a dot head whose towers return ``X A`` and ``B``."""
-    from training.train import build_model
+    from training.modeling import build_model
 
     config = _config(settings, head="dot", layer_norm=False, temperature=1.0)
     config.model.embedding_dim = model.b.shape[1]
@@ -217,91 +223,6 @@ def serve_linear(
             np.vstack([np.zeros((1, table.shape[1])), table]).astype(np.float32)
         )
     return served
-
-
-def _output_variables(tower) -> list:
-    """The variables that scale an ``IdTower``'s output dimension-wise when multiplied
-    along their last axis: the layer norm's gain and offset, else the last Dense layer's
-    kernel and bias, else the embedding table; and the moving mean of a centring layer."""
-    centering = getattr(tower, "centering", None)
-    mean = [centering.moving_mean] if centering is not None else []
-    if tower.norm is not None:
-        return [tower.norm.gamma, tower.norm.beta, *mean]
-    if tower.dense:
-        return [tower.dense[-1].kernel, tower.dense[-1].bias, *mean]
-    return [tower.embedding.embeddings, *mean]
-
-
-@contextlib.contextmanager
-def rescaled(model, d: np.ndarray) -> Iterator[None]:
-    """Within the block, ``model`` is re-scaled by ``D = dMat(d)`` (Eq. 3): user tower
-    outputs ``u D``, item tower outputs ``i D^-1``. The weights are restored after."""
-    d = np.asarray(d, np.float32)
-    saved = []
-    for tower, factor in ((model.user_tower, d), (model.item_tower, 1.0 / d)):
-        for variable in _output_variables(tower):
-            saved.append((variable, variable.numpy()))
-            variable.assign(variable.numpy() * factor)
-    try:
-        yield
-    finally:
-        for variable, value in saved:
-            variable.assign(value)
-
-
-def item_embeddings(model) -> np.ndarray:
-    """The item tower's outputs for its whole vocabulary, ``(p, d)`` float64 (the ``B``
-    whose rows the item-item cosine compares)."""
-    from training.evaluation import embed
-
-    items = np.array(model.item_tower.vocabulary)
-    return embed(model.item_tower, items).numpy().astype(np.float64)
-
-
-def served_scores(model, users: np.ndarray) -> np.ndarray:
-    """The scores a retrieval index ranks by, ``(len(users), p)``:
-    ``prepare_query(u) @ prepare_candidate(items)^T`` (temperature included)."""
-    from training.evaluation import embed
-
-    head = model.head
-    items = np.array(model.item_tower.vocabulary)
-    queries = head.prepare_query(embed(model.user_tower, users))
-    candidates = head.prepare_candidate(embed(model.item_tower, items))
-    return (queries.numpy() @ candidates.numpy().T).astype(np.float64)
-
-
-def explanation_cosines(model, users: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """The ``cosine`` that ``tfrs_cosine.explain`` reports for every catalog item,
-    ``(len(users), p)``."""
-    import tensorflow as tf
-
-    from tfrs_cosine import explain
-    from training.evaluation import embed
-
-    items = np.array(model.item_tower.vocabulary)
-    item_vectors = embed(model.item_tower, items)
-    parts = []
-    for start in range(0, len(users), chunk):
-        u = embed(model.user_tower, users[start : start + chunk])
-        tiled = tf.tile(item_vectors[tf.newaxis], [tf.shape(u)[0], 1, 1])
-        parts.append(explain(u, tiled, model.head, top_m=5)["cosine"].numpy())
-    return np.concatenate(parts).astype(np.float64)
-
-
-def loss_batches(train, items: np.ndarray, batch_size: int, count: int, seed: int) -> list[dict]:
-    """``count`` fixed training batches (with the logQ feature) of ``train``, for the loss
-    under re-scaling."""
-    from training.pipeline import item_probabilities, make_training_dataset
-
-    shares = item_probabilities(train, items)
-    probabilities = dict(zip(items.tolist(), shares.tolist(), strict=True))
-    dataset = make_training_dataset(train, batch_size, probabilities, seed=seed)
-    return list(dataset.take(count))
-
-
-def in_batch_loss(model, batches: list[dict]) -> float:
-    """The model's training loss summed over ``batches`` (inference mode)."""
-    return float(sum(float(model.compute_loss(b).numpy()) for b in batches))
 
 
 # ----------------------------------------------------------------------------------------
@@ -597,16 +518,6 @@ def _invariance(m: StudyModel, diagonals, users, gram, batches, settings) -> dic
             "score_tolerance": SCORE_TOLERANCE}
 
 
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _versions() -> dict[str, str]:
     import sklearn
     import tensorflow as tf
@@ -618,47 +529,3 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------
-# CLI
-
-
-def register(subparsers) -> None:
-    """Adds ``study cosine-faithfulness`` to the ``tfrs-cosine`` command line."""
-    study = subparsers.add_parser("study", help="offline studies (cosine-faithfulness)")
-    studies = study.add_subparsers(dest="study", required=True, metavar="STUDY")
-    p = studies.add_parser(
-        "cosine-faithfulness",
-        help="reproduce Steck et al. (2024) Sec. 4 and measure this project's heads",
-        description="Closed-form Eq. 1 / Eq. 2 models and the four two-tower variants "
-                    "(each explored over a grid, 3 seeds for the picks) on the clustered "
-                    "simulation, and genres as ground truth on MovieLens 100K; writes "
-                    "report.md, figures.json and the figures.",
-    )
-    p.add_argument("--users", type=int, help="number of users (default 20000; --quick 1000)")
-    p.add_argument("--items", type=int, help="number of items (default 1000; --quick 120)")
-    p.add_argument("--clusters", type=int, help="number of item clusters (default 5)")
-    p.add_argument("--dim", type=int, help="embedding dimension / rank (default 50; --quick 16)")
-    p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
-    p.add_argument("--quick", action="store_true",
-                   help="small data, 2 epochs, a few grid points, a synthetic stand-in for "
-                        "MovieLens: about 30 s on 2 cores")
-    p.add_argument("--genres", choices=["movielens", "synthetic"],
-                   help="real-data part: MovieLens 100K from the local cache (default; "
-                        "fetched if absent) or a synthetic stand-in (default with --quick)")
-    p.add_argument("--lambda1", type=float,
-                   help="Eq. 1 lambda (default 10000, scaled with the data size)")
-    p.add_argument("--lambda2", type=float,
-                   help="Eq. 2 lambda (default 100, scaled with the data size)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.set_defaults(func=_cosine_faithfulness)
-
-
-def _cosine_faithfulness(args: argparse.Namespace) -> int:
-    settings = make_settings(args.users, args.items, args.clusters, args.dim, args.seed,
-                             args.quick, args.lambda1, args.lambda2)
-    if args.genres is not None:
-        settings = dataclasses.replace(settings, genres=args.genres)
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} exists and is not a directory")
-    run_study(settings, args.out, log=lambda m: print(m, flush=True))
-    print(f"report: {args.out / 'report.md'}", file=sys.stderr)
-    return 0

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from training import baselines
-from training.data import Interactions, LoadedData
+from training.schema import Interactions, LoadedData
 from training.splits import Split, random_split
 from training.study import metrics
 from training.study.neighbours import jaccard, neighbour_precision, top_k_neighbours
@@ -190,12 +190,7 @@ def rescaling_test(model, truth: GenreTruth, diagonals: np.ndarray, users: np.nd
     re-scaled to ``(u D, i D^-1)``: relative score change, relative loss change on
     ``batches``, Jaccard of each item's top-10 cosine neighbours before / after, and the
     genre AUC after."""
-    from training.study.faithfulness import (
-        in_batch_loss,
-        item_embeddings,
-        rescaled,
-        served_scores,
-    )
+    from training.study.probes import in_batch_loss, item_embeddings, rescaled, served_scores
 
     before = item_embeddings(model)
     base_neighbours = truth.neighbours(metrics.cosine_matrix(before))
@@ -227,7 +222,7 @@ def rescaling_test(model, truth: GenreTruth, diagonals: np.ndarray, users: np.nd
 def run_genres(gd: GenreData, seeds: tuple[int, ...], draws: int, octaves: float, seed: int,
                phase: Callable[[str], None], epochs: int | None = None) -> dict[str, Any]:
     """Everything of this part; ``epochs`` overrides the benchmark's (``--quick``)."""
-    from training.study.faithfulness import item_embeddings, loss_batches
+    from training.study.probes import item_embeddings, loss_batches
 
     data, split = gd.data, gd.split
     x = baselines.interaction_matrix(split.train, data.users, data.items)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training import baselines
-from training.data import Interactions
+from training.schema import Interactions
 
 
 @dataclass(frozen=True)

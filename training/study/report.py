@@ -57,7 +57,7 @@ def write_outputs(out: Path, figures: dict, models: list, data, diagonals,
                   phase: Callable[[str], None]) -> None:
     """Writes every file of ``OUTPUTS`` into ``out`` (``figures.json`` first, ``report.md``
     last)."""
-    from training.study.faithfulness import item_embeddings, jsonable
+    from training.study.probes import item_embeddings, jsonable
 
     out.mkdir(parents=True, exist_ok=True)
     # The numbers first, the report last: a report.md is only there with its figures.

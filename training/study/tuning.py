@@ -131,7 +131,7 @@ def quick_grid() -> list[Setting]:
 def _probe_callback(pairs: metrics.PairLabels, monitor: str):
     import tensorflow as tf
 
-    from training.study.faithfulness import item_embeddings
+    from training.study.probes import item_embeddings
 
     class EpochProbe(tf.keras.callbacks.Callback):
         """After each epoch: validation recall (logged by ``ValidationRecall``), cluster

@@ -59,10 +59,16 @@ def test_hard_negatives_keep_the_hardest():
     assert got == pytest.approx(_numpy_loss(model, False, False, hard=2), rel=1e-4)
 
 
-def test_logq_changes_the_loss():
-    plain = float(_model(logq_correction=False).compute_loss(FEATURES))
-    corrected = float(_model(logq_correction=True).compute_loss(FEATURES))
-    assert plain != pytest.approx(corrected)
+def test_logq_with_uniform_sampling_is_no_correction():
+    # Softmax is invariant to a shift of a row's logits: subtracting the same log q from
+    # every candidate must change nothing; a per-query (row) shift or a sign error would.
+    uniform = dict(FEATURES, item_probability=tf.fill([4], 0.25))
+    plain = float(_model(logq_correction=False).compute_loss(uniform))
+    corrected = float(_model(logq_correction=True).compute_loss(uniform))
+    assert corrected == pytest.approx(plain, rel=1e-6)
+    # Non-uniform q lowers the popular items' logits: their share of the loss moves.
+    skewed = float(_model(logq_correction=True).compute_loss(FEATURES))
+    assert abs(skewed - plain) > 1e-3
 
 
 def test_mismatched_towers_are_rejected():

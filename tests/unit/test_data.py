@@ -5,7 +5,8 @@ import pytest
 from training.config import load_config
 from training.data import generate_synthetic, load_data, read_interactions_file
 from training.errors import InputError
-from training.pipeline import item_probabilities, make_training_dataset
+from training.pipeline import item_probabilities, make_training_dataset, probability_column
+from training.schema import Interactions
 from training.splits import leave_last_out, random_split, split_data
 
 
@@ -137,3 +138,73 @@ def test_pipeline_batches_and_item_probabilities():
     assert batch["user_id"].shape == (64,)
     ids = [i.decode() for i in batch["item_id"].numpy()]
     np.testing.assert_allclose(batch["item_probability"].numpy(), [table[i] for i in ids])
+
+
+
+def test_fast_sampler_matches_the_per_user_sampler_in_distribution():
+    # Same seed: the same clusters, popularities, counts and preferences; only how the
+    # items are sampled differs. Up to 40 of 60 items per user, so some users need
+    # items holding little of their mass (the fast sampler's per-user fallback).
+    args = dict(num_users=10_000, num_items=60, num_clusters=4, seed=11,
+                min_items_per_user=5, max_items_per_user=40)
+    fast = generate_synthetic(**args)
+    slow = generate_synthetic(**args, method="per-user")
+    np.testing.assert_array_equal(fast.interactions.user_id, slow.interactions.user_id)
+    np.testing.assert_array_equal(fast.interactions.timestamp, slow.interactions.timestamp)
+    assert not np.array_equal(fast.interactions.item_id, slow.interactions.item_id)
+    np.testing.assert_array_equal(fast.item_cluster, slow.item_cluster)
+
+    def counts(data, rows=slice(None)) -> np.ndarray:
+        columns = np.searchsorted(data.items, data.interactions.item_id[rows])
+        return np.bincount(columns, minlength=60).astype(np.float64)
+
+    def worst_z(a, b) -> float:
+        # Two counts with equal means; each is a sum of independent per-user counts whose
+        # variance is at most their mean (sampling without replacement), so
+        # |a - b| / sqrt(a + b) is a conservative z-score.
+        return float((np.abs(a - b) / np.sqrt(np.maximum(a + b, 1.0))).max())
+
+    item_fast, item_slow = counts(fast), counts(slow)
+    assert worst_z(item_fast, item_slow) < 4.5
+    cluster_fast, cluster_slow = (np.bincount(fast.item_cluster, weights=x, minlength=4)
+                                  for x in (item_fast, item_slow))
+    assert worst_z(cluster_fast, cluster_slow) < 4.5
+    # The order within a user is the sampling order: the first item (drawn from p_ui)
+    # and the last (leave-last-out's test item) have the same distribution too.
+    user = fast.interactions.user_id
+    first = fast.interactions.timestamp == 0
+    last = np.r_[user[1:] != user[:-1], True]
+    assert worst_z(counts(fast, first), counts(slow, first)) < 4.5
+    assert worst_z(counts(fast, last), counts(slow, last)) < 4.5
+    # Sensitivity: a sampler ignoring the within-cluster popularity would be far off.
+    assert worst_z(item_fast, np.full(60, item_fast.sum() / 60)) > 10
+
+
+def test_fast_sampler_takes_the_whole_catalog_when_asked():
+    # k_u = catalog size: every user gets a permutation of all items, including items
+    # with almost none of its mass (finished by the exact per-user fallback).
+    data = generate_synthetic(300, 12, 3, seed=4, min_items_per_user=12, max_items_per_user=12)
+    frame = pd.DataFrame({"u": data.interactions.user_id, "i": data.interactions.item_id})
+    assert (frame.groupby("u")["i"].nunique() == 12).all() and len(frame) == 300 * 12
+
+
+def test_synthetic_generator_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="unknown sampling method"):
+        generate_synthetic(10, 5, 2, method="magic")
+
+
+def test_frequency_arrays_equal_the_dict_versions():
+    rng = np.random.default_rng(9)
+    items = rng.permutation(np.array([f"m{k}" for k in range(50)]))  # catalog, unsorted
+    train = Interactions(np.array(["u"] * 2000),
+                         np.array([f"m{k}" for k in rng.integers(0, 60, 2000)]))  # 10 unknown
+    index = {item: k for k, item in enumerate(items.tolist())}
+    counts = np.bincount([index[i] for i in train.item_id.tolist() if i in index],
+                         minlength=50).astype(np.float64)
+    counts = np.where(counts > 0, counts, 0.5)
+    shares = item_probabilities(train, items)
+    np.testing.assert_array_equal(shares, (counts / counts.sum()).astype(np.float32))
+    table = dict(zip(items.tolist(), shares.tolist(), strict=True))
+    smallest = min(table.values())
+    want = np.array([table.get(i, smallest) for i in train.item_id.tolist()], dtype=np.float32)
+    np.testing.assert_array_equal(probability_column(table, train.item_id), want)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfrs_cosine import _keras  # noqa: F401  (binds Keras 2 before tf.keras is used)
 from tfrs_cosine.heads import CosineHead, ScoringHead
 
 _EPSILON = 1e-12

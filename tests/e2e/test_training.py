@@ -1,15 +1,15 @@
 """The training job and the CLI end to end, in fresh processes, on tiny synthetic data."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
+from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, run_cli, train_tiny
+from conftest import run_cli, train_tiny
+
+from training import rundir
+from training.data import load_data
+from training.splits import split_data
 
 
 def test_trained_run_is_complete_and_beats_random(cosine_run_dir):
@@ -94,44 +94,81 @@ def test_existing_run_unknown_split_and_resume_errors(cosine_run_dir, tmp_path):
     _assert_usage_error(run_cli("evaluate", str(tmp_path)), "is not a run directory")
 
 
-def test_interrupted_run_is_marked_and_resumes(tmp_path):
+def test_monitor_k_or_ks_beyond_the_catalog_exit_2_and_write_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    sets = [a for o in (*TINY, "training.epochs=40", "training.early_stopping_patience=0")
-            for a in ("--set", o)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "train", "--run-dir", str(run_dir), *sets],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    _assert_usage_error(
+        run_cli("train", "--run-dir", str(run_dir), "--set", "evaluation.monitor_k=5000"),
+        "evaluation.monitor_k=5000 is not below the catalog size (300 items)",
     )
-    deadline = time.monotonic() + 300
-    while not list((run_dir / "checkpoints").glob("ckpt-2.index")):
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 130
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "interrupted"
-    # an unfinished run cannot be evaluated or exported as if it were complete
-    _assert_usage_error(run_cli("evaluate", str(run_dir)), "is not complete")
-    last = max(int(p.name.split("-")[1].split(".")[0])
-               for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
-    assert last >= 2
-    resumed = run_cli("train", "--run-dir", str(run_dir), "--resume",
-                      "--set", f"training.epochs={last + 2}", check=True)
-    assert "complete" in resumed.stdout
+    _assert_usage_error(
+        run_cli("train", "--run-dir", str(run_dir), "--set", "data.num_items=80"),
+        "evaluation.ks [100] not below the catalog size (80 items)",
+    )
+    assert not run_dir.exists()
+
+
+def _popularity_recall(run_dir, k: int) -> float:
+    """Test recall@k of ranking by training popularity, training items excluded (numpy)."""
+    config = rundir.read_config(run_dir)
+    data = load_data(config.data)
+    split = split_data(data.interactions, config.data)
+    index = {item: n for n, item in enumerate(data.items.tolist())}
+    counts = np.bincount([index[i] for i in split.train.item_id.tolist()],
+                         minlength=len(index)).astype(float)
+    seen, relevant = defaultdict(set), defaultdict(set)
+    for user, item in zip(split.train.user_id.tolist(), split.train.item_id.tolist(), strict=True):
+        seen[user].add(index[item])
+    for user, item in zip(split.test.user_id.tolist(), split.test.item_id.tolist(), strict=True):
+        relevant[user].add(index[item])
+    recalls = []
+    for user, items in relevant.items():
+        scores = counts.copy()
+        scores[list(seen[user])] = -np.inf
+        top = set(np.argsort(-scores, kind="stable")[:k].tolist())
+        recalls.append(len(items & top) / len(items))
+    return float(np.mean(recalls))
+
+
+def _assert_consistent_metrics(run_dir) -> dict:
+    """Metrics that must hold together for any ranking, and the final weights' validation
+    recall equal to the history's at the epoch they come from."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ks = rundir.read_config(run_dir).evaluation.ks
+    for split in ("validation", "test"):
+        m = metrics[split]
+        for family in ("recall@{}", "ndcg@{}", "hit_rate@{}", "top_{}_categorical_accuracy"):
+            values = [m[family.format(k)] for k in ks]
+            assert all(0 <= v <= 1 for v in values), (family, values)
+            if family != "ndcg@{}":
+                assert values == sorted(values), (family, values)  # grows with K
+        for k in ks:
+            assert m[f"hit_rate@{k}"] >= m[f"recall@{k}"]
+        assert m[f"hit_rate@{ks[0]}"] <= m["mrr"] <= m[f"hit_rate@{ks[-1]}"]
+    training = metrics["training"]
     history = json.loads((run_dir / "history.json").read_text())
-    # continued from the last checkpoint, not restarted
-    assert [row["epoch"] for row in history] == [last + 1, last + 2]
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    assert len(history) == training["epochs"]
+    row = history[training["weights_epoch"] - 1]
+    assert metrics["validation"]["recall@10"] == pytest.approx(row["val_recall_at_10"], abs=1e-12)
+    return metrics
 
 
 def test_mixed_precision_and_deep_towers_train_on_cpu(tmp_path):
     run_dir = train_tiny(tmp_path / "mp", "training.mixed_precision=true", "training.epochs=1",
                          "model.tower_layers=[32, 16]")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert np.isfinite(metrics["test"]["recall@10"]) and metrics["test"]["recall@10"] > 0
+    metrics = _assert_consistent_metrics(run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    random_recall = 10 / (info["data"]["num_items"] - info["data"]["train"] / info["data"]["num_users"])
+    assert metrics["test"]["recall@10"] > 2 * random_recall
 
 
-def test_dot_run_trains_too(dot_run_dir):
-    metrics = json.loads((dot_run_dir / "metrics.json").read_text())
-    assert metrics["test"]["recall@10"] > 0
+def test_dot_run_beats_the_popularity_ranking(dot_run_dir):
+    metrics = _assert_consistent_metrics(dot_run_dir)
+    popularity = _popularity_recall(dot_run_dir, 10)
+    # Measured on this data: popularity 0.307, the dot run 0.333 (random: 0.112).
+    assert metrics["test"]["recall@10"] > popularity + 0.01, (metrics["test"]["recall@10"], popularity)
+
+
+def test_cosine_run_metrics_are_consistent(cosine_run_dir):
+    # (Its 3 epochs with logQ give test recall@10 0.299, below popularity's 0.307, so
+    # unlike the dot run it is held to beating random only, above.)
+    _assert_consistent_metrics(cosine_run_dir)
