@@ -79,3 +79,17 @@ def test_full_grid_covers_the_issue_and_describes_itself():
 ])
 def test_labels(setting, label):
     assert setting.label == label
+
+
+def test_reduced_grid_drops_only_the_cosine_heads_slow_rate_and_says_so():
+    from training.study.faithfulness import make_settings
+    from training.study.report import _reduced_note
+
+    full, reduced = tuning.full_grid(), tuning.reduced_grid()
+    assert set(reduced) == {s for s in full if s.head == "dot" or s.learning_rate == 0.01}
+    assert len(reduced) == 21 and all(s.base() in reduced for s in reduced if s.remedy)
+    settings = make_settings(grid="reduced")
+    assert settings.grid == tuple(reduced) and "--grid reduced" in settings.command("out")
+    assert "--grid" not in make_settings().command("out")
+    assert "lr 0.003 were not run" in _reduced_note({"grid_name": "reduced"})
+    assert _reduced_note({}) == ""  # a figures.json from before --grid: the full grid

@@ -143,6 +143,14 @@ def describe_grid(grid: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def _reduced_note(settings: dict) -> str:
+    """Says so when the run used a grid smaller than the full one (``--grid``)."""
+    if settings.get("grid_name", "full") != "reduced":
+        return ""
+    return (" (`--grid reduced`: the full grid's cosine and cosine + layer norm points at "
+            "lr 0.003 were not run, to fit the run in its time budget on this shared machine)")
+
+
 def _what_each_head_gives(figures: dict) -> list[str]:
     """One row per variant: faithfulness, clusters and recall of its validation pick (and
     of the highest-AUC setting near the best recall) over seeds."""
@@ -362,7 +370,8 @@ def render_report(figures: dict) -> str:
         f"stopping on validation Recall@10 (patience {tt['patience']}, best weights restored), "
         "in-batch softmax with logQ correction, accidental hits removed. Grid "
         f"(`training.study.tuning`, {n_grid} settings at seed {tt['seeds'][0]}): "
-        f"{describe_grid(s['grid'])}. After every epoch: validation Recall@10, cluster AUC and "
+        f"{describe_grid(s['grid'])}{_reduced_note(s)}. After every epoch: validation "
+        "Recall@10, cluster AUC and "
         "geometry of the item embeddings. Per variant the setting with the best validation "
         "Recall@10 is the pick (the row named after the variant below); the setting with "
         f"the highest AUC among those within {100 * (1 - tt['near_best']):.0f}% of that best "
