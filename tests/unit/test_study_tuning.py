@@ -93,3 +93,19 @@ def test_reduced_grid_drops_only_the_cosine_heads_slow_rate_and_says_so():
     assert "--grid" not in make_settings().command("out")
     assert "lr 0.003 were not run" in _reduced_note({"grid_name": "reduced"})
     assert _reduced_note({}) == ""  # a figures.json from before --grid: the full grid
+
+
+def test_small_grid_is_part_of_the_full_one_keeps_each_remedys_comparison_and_says_so():
+    from dataclasses import asdict
+
+    from training.study.report import _reduced_note
+
+    small, full = tuning.small_grid(), tuning.full_grid()
+    assert len(small) == 11 and set(small) <= set(full)
+    assert {s.variant for s in small} == set(tuning.VARIANTS)
+    assert all(s.base() in small for s in small if s.remedy)
+    assert "only these 11 were run" in _reduced_note({"grid_name": "small"})
+    assert describe_grid([asdict(s) for s in small]).startswith(
+        "dot: lr 0.003, 0.01 x T 1; dot_ln: lr 0.01 x T 1; cosine: lr 0.01 x T 0.2, 0.5 and "
+        "learned T from 0.3; cosine_ln: lr 0.01 x T 0.1, 0.3 and learned T from 0.3, plus 2 "
+        "remedies")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from training.study import metrics, plots
-from training.study.tuning import front
+from training.study.tuning import GRID_NOTES, front
 
 SCORE_TOLERANCE_TEXT = "1e-04"
 
@@ -145,10 +145,11 @@ def describe_grid(grid: list[dict]) -> str:
 
 def _reduced_note(settings: dict) -> str:
     """Says so when the run used a grid smaller than the full one (``--grid``)."""
-    if settings.get("grid_name", "full") != "reduced":
+    name = settings.get("grid_name", "full")
+    if name not in GRID_NOTES:
         return ""
-    return (" (`--grid reduced`: the full grid's cosine and cosine + layer norm points at "
-            "lr 0.003 were not run, to fit the run in its time budget on this shared machine)")
+    return (f" (`--grid {name}`: {GRID_NOTES[name]}, to fit the run in its time budget on "
+            "this shared machine)")
 
 
 def _what_each_head_gives(figures: dict) -> list[str]:
