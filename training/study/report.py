@@ -464,8 +464,8 @@ def render_report(figures: dict) -> str:
         "and the explanation stay the same function): `model.center` (the towers subtract "
         "their moving mean output before the head normalizes), `model.uniformity_weight` "
         "(Wang & Isola's uniformity of the batch's user and item embeddings added to the "
-        "loss), `model.min_temperature` (a floor for a learned temperature). Each against "
-        "the same setting without it (seed 0, best epoch):",
+        "loss), `model.min_temperature` (a floor for a learned temperature). The ones this "
+        "run's grid tried, each against the same setting without it (seed 0, best epoch):",
         "",
         *_remedy_lines(figures),
         "",
