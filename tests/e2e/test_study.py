@@ -249,3 +249,15 @@ def test_cli_registers_the_study_and_rejects_bad_sizes(tmp_path, capsys):
     assert args.quick and callable(args.func)
     assert main(["study", "cosine-faithfulness", "--users", "3", "--out", str(tmp_path)]) == 2
     assert "--users must be >= 20" in capsys.readouterr().err
+
+
+def test_report_is_rendered_from_figures_json_alone(quick, tmp_path):
+    import shutil
+
+    from training.study.report import rerender
+
+    copy = tmp_path / "copy"
+    shutil.copytree(quick["out"], copy)
+    (copy / "report.md").unlink()
+    rerender(copy)
+    assert (copy / "report.md").read_text() == (quick["out"] / "report.md").read_text()

@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--genres", choices=["movielens", "synthetic"],
                    help="real-data part: MovieLens 100K from the local cache (default; "
                         "fetched if absent) or a synthetic stand-in (default with --quick)")
+    p.add_argument("--grid", choices=["full", "reduced", "small"], default="full",
+                   help="two-tower grid: full (35 settings, default), reduced (21: the "
+                        "cosine heads at lr 0.01 only) or small (11), for a run with a "
+                        "time budget; the report says which ran")
     p.add_argument("--lambda1", type=float,
                    help="Eq. 1 lambda (default 10000, scaled with the data size)")
     p.add_argument("--lambda2", type=float,
@@ -51,7 +55,7 @@ def _cosine_faithfulness(args: argparse.Namespace) -> int:
     from training.study.faithfulness import make_settings, run_study
 
     settings = make_settings(args.users, args.items, args.clusters, args.dim, args.seed,
-                             args.quick, args.lambda1, args.lambda2)
+                             args.quick, args.lambda1, args.lambda2, args.grid)
     if args.genres is not None:
         settings = dataclasses.replace(settings, genres=args.genres)
     run_study(settings, args.out, log=lambda m: print(m, flush=True))

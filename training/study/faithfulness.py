@@ -84,8 +84,9 @@ class StudySettings:
     lambda2: float = 100.0
     lambda2_grid: tuple[float, ...] = (25.0, 50.0, 100.0)
     grid: tuple[tuning.Setting, ...] = field(default_factory=lambda: tuple(tuning.full_grid()))
+    grid_name: str = "full"  # "full", "reduced" (tuning.GRIDS) or "quick"
     seeds: tuple[int, ...] = tuning.SEEDS
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 1024
     early_stopping_patience: int = 1
     optimizer: str = "adam"
@@ -112,6 +113,8 @@ class StudySettings:
             parts.append(f"--lambda1 {self.lambda1:g}")
         if not math.isclose(self.lambda2, 100.0 * math.sqrt(scale)):
             parts.append(f"--lambda2 {self.lambda2:g}")
+        if self.grid_name not in ("full", "quick"):
+            parts.append(f"--grid {self.grid_name}")
         if self.genres != ("synthetic" if self.quick else "movielens"):
             parts.append(f"--genres {self.genres}")
         return " ".join([*parts, f"--out {out}"])
@@ -126,6 +129,7 @@ def make_settings(
     quick: bool = False,
     lambda1: float | None = None,
     lambda2: float | None = None,
+    grid: str = "full",
 ) -> StudySettings:
     """Settings for a size; ``quick`` shrinks the size (unless given), epochs and grids.
 
@@ -133,7 +137,10 @@ def make_settings(
     with the number of users and shrink with the number of items (same users' activity
     spread over more items), so ``lambda1 = 10000 s`` and ``lambda2 = 100 sqrt(s)`` with
     ``s = (users / 20000) (1000 / items)``: exactly the paper's values at its size.
+    ``grid`` names a ``tuning.GRIDS`` entry (ignored with ``quick``).
     """
+    if grid not in tuning.GRIDS:
+        raise InputError(f"--grid must be one of {', '.join(tuning.GRIDS)}, got {grid!r}")
     size = dict(PAPER_SIZE) | (QUICK_SIZE if quick else {})
     users = size["users"] if users is None else users
     items = size["items"] if items is None else items
@@ -157,10 +164,11 @@ def make_settings(
                   lambda1=lambda1, lambda2=lambda2,
                   lambda2_grid=tuple(sorted({lambda2 / 4, lambda2 / 2, lambda2})))
     if quick:
-        return StudySettings(**common, grid=tuple(tuning.quick_grid()), seeds=(0, 1), epochs=2,
+        return StudySettings(**common, grid=tuple(tuning.quick_grid()), grid_name="quick",
+                             seeds=(0, 1), epochs=2,
                              random_draws=3, explain_users=100, loss_batches=2,
                              genres="synthetic", genre_epochs=1)
-    return StudySettings(**common)
+    return StudySettings(**common, grid=tuple(tuning.GRIDS[grid]()), grid_name=grid)
 
 
 # ----------------------------------------------------------------------------------------
@@ -290,6 +298,13 @@ def _fit_two_towers(settings, data, split, phase) -> tuple[list[StudyModel], dic
     return models, record
 
 
+def _at_best(trial: tuning.Trial) -> dict[str, Any]:
+    """The probe at the best epoch, with the lowest temperature of any epoch run (shows
+    whether a temperature floor ever bound)."""
+    return trial.best | {"best_epoch": trial.best_epoch,
+                         "lowest_temperature": min(e["temperature"] for e in trial.epochs)}
+
+
 def _remedy_table(results: dict) -> list[dict[str, Any]]:
     """Each remedy's trial beside the same setting without it (seed 0)."""
     rows = []
@@ -301,8 +316,7 @@ def _remedy_table(results: dict) -> list[dict[str, Any]]:
                 continue
             rows.append({"variant": key, "remedy": trial.setting.remedy,
                          "setting": trial.setting.label, "base": base.setting.label,
-                         "with": trial.best | {"best_epoch": trial.best_epoch},
-                         "without": base.best | {"best_epoch": base.best_epoch}})
+                         "with": _at_best(trial), "without": _at_best(base)})
     return rows
 
 

@@ -212,7 +212,7 @@ def rescaling_test(model, truth: GenreTruth, diagonals: np.ndarray, users: np.nd
     return {"draws": len(diagonals), "mean_jaccard@10": float(np.mean(jaccards)),
             "min_jaccard@10": float(np.min(np.mean(jaccards, axis=1))),
             "max_jaccard@10": float(np.max(np.mean(jaccards, axis=1))),
-            "per_item_jaccard@10": per_item.tolist(),
+            "per_item_jaccard@10": np.round(per_item, 4).tolist(),
             "genre_auc_min": float(min(aucs)), "genre_auc_max": float(max(aucs)),
             "max_score_change": float(max(score_changes)),
             "loss_change_min": float(min(loss_changes)),

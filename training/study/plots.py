@@ -88,6 +88,8 @@ def plot_training_curves(path: Path, variants: dict[str, dict]) -> None:
     each epoch; grey: every grid setting (seed 0); colour: the validation pick (solid, one
     line per seed) and the highest-AUC setting near the best recall (dashed)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     keys = list(variants)
     fig, axes = plt.subplots(2, len(keys), figsize=(3.4 * len(keys), 6.2), squeeze=False,
                              sharey="row", layout="constrained")
@@ -105,6 +107,7 @@ def plot_training_curves(path: Path, variants: dict[str, dict]) -> None:
                             color=COLOURS.get(key, "k"), lw=1.6, marker="o", ms=3,
                             label=f"{which}: {trial['label']}" if trial["seed"] == 0 else None)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(v["label"].replace("two-tower ", ""), fontsize=10)
@@ -195,10 +198,10 @@ def plot_genres(path: Path, genres: dict) -> None:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
         lo = min(values[metric]) - 0.05
-        ax.set_xlim(max(0.0, lo), min(1.0, max(values[metric]) + 0.05))
+        ax.set_xlim(max(0.0, lo), min(1.0, max(values[metric]) + 0.08))
         ax.grid(axis="x", alpha=0.3)
-        for i, v in enumerate(values[metric]):
-            ax.text(v, i, f" {v:.3f}", va="center", fontsize=7)
+        for i, (v, e) in enumerate(zip(values[metric], errors[metric], strict=True)):
+            ax.text(v + e, i, f"  {v:.3f}", va="center", fontsize=7)
     axes[0].axvline(0.5, color="k", lw=0.6, ls=":")
     axes[1].axvline(genres["pairs_sharing_a_genre"], color="k", lw=0.6, ls=":")
     bins = np.linspace(0, 1, 21)
@@ -209,11 +212,12 @@ def plot_genres(path: Path, genres: dict) -> None:
                      color=COLOURS["dot" if key == "dot" else "cosine_ln"],
                      label=f"{key}: mean {run['mean_jaccard@10']:.2f}; score change "
                            f"{run['max_score_change']:.0e}; {loss}")
-    axes[2].set_xlabel("Jaccard of top-10 cosine neighbours, before vs after D")
+    axes[2].set_xlabel("Jaccard@10 of cosine neighbours, before / after D")
     axes[2].set_ylabel("items")
     axes[2].set_title(f"Random diagonal D ({genres['rescalings']['draws']} draws, seed 0 "
                       "models)", fontsize=10)
-    axes[2].legend(fontsize=7)
+    axes[2].set_ylim(0, axes[2].get_ylim()[1] * 1.35)  # room for the legend
+    axes[2].legend(fontsize=6.5, loc="upper right")
     fig.suptitle(f"{genres['data'].split(';')[0]}: {genres['items_evaluated']} items "
                  f"(>= {genres['min_train_count']} training interactions, a genre)",
                  fontsize=10)

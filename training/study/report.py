@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from training.study import metrics, plots
+from training.study.tuning import GRID_NOTES, front
 
 SCORE_TOLERANCE_TEXT = "1e-04"
 
@@ -142,6 +143,15 @@ def describe_grid(grid: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def _reduced_note(settings: dict) -> str:
+    """Says so when the run used a grid smaller than the full one (``--grid``)."""
+    name = settings.get("grid_name", "full")
+    if name not in GRID_NOTES:
+        return ""
+    return (f" (`--grid {name}`: {GRID_NOTES[name]}, to fit the run in its time budget on "
+            "this shared machine)")
+
+
 def _what_each_head_gives(figures: dict) -> list[str]:
     """One row per variant: faithfulness, clusters and recall of its validation pick (and
     of the highest-AUC setting near the best recall) over seeds."""
@@ -205,24 +215,41 @@ def _remedy_lines(figures: dict) -> list[str]:
                      f"{w['cross']:.2f}",
                      f"{wo['uniformity']:.2f} -> {w['uniformity']:.2f}",
                      f"{wo['validation_recall@10']:.4f} -> {w['validation_recall@10']:.4f}",
-                     f"{wo['temperature']:.3f} -> {w['temperature']:.3f}"])
+                     f"{wo['temperature']:.3f} -> {w['temperature']:.3f}",
+                     f"{wo['lowest_temperature']:.3f} -> {w['lowest_temperature']:.3f}"])
     return _table(["variant", "remedy", "setting", "compared with", "AUC",
-                   "cos within / cross", "uniformity", "validation Recall@10", "T"], rows)
+                   "cos within / cross", "uniformity", "validation Recall@10",
+                   "T at best epoch", "lowest T of any epoch"], rows)
 
 
 def _grid_lines(figures: dict) -> list[str]:
     rows = []
     for key, v in figures["two_tower"]["variants"].items():
-        for t in v["grid"]:
+        on_front = set(front([(t["at_best_epoch"]["validation_recall@10"],
+                               t["at_best_epoch"]["auc"]) for t in v["grid"]]))
+        for k, t in enumerate(v["grid"]):
             b = t["at_best_epoch"]
             mark = ("validation pick" if t["label"] == v["chosen"] else "") + (
-                ", highest AUC near the best" if t["label"] == v["balanced"] else "")
+                ", highest AUC near the best" if t["label"] == v["balanced"] else "") + (
+                ", front" if k in on_front else "")
             rows.append([key, t["label"], mark.strip(", "), f"{t['best_epoch']} of {t['epochs_run']}",
                          f"{b['validation_recall@10']:.4f}", f"{b['auc']:.3f}",
                          f"{b['within']:.2f} / {b['cross']:.2f}", f"{b['uniformity']:.2f}",
                          f"{b['temperature']:.3f}", f"{t['seconds']:.0f}"])
-    return _table(["variant", "setting", "picked as", "best epoch", "validation Recall@10", "AUC",
+    return _table(["variant", "setting", "picked as / on the front", "best epoch", "validation Recall@10", "AUC",
                    "cos within / cross", "uniformity", "T at best epoch", "s"], rows)
+
+
+def _capped_lines(figures: dict) -> list[str]:
+    """The settings still improving when the epoch cap stopped them."""
+    cap = figures["two_tower"]["epochs_max"]
+    capped = [f"{key} {t['label']} ({t['at_best_epoch']['validation_recall@10']:.4f})"
+              for key, v in figures["two_tower"]["variants"].items() for t in v["grid"]
+              if t["best_epoch"] == cap]
+    if not capped:
+        return [f"No setting was still improving at the cap of {cap} epochs.", ""]
+    return [f"Still improving at the cap of {cap} epochs (best validation Recall@10 in the "
+            f"last epoch), so these may be under-trained: {'; '.join(capped)}.", ""]
 
 
 def _genre_lines(g: dict) -> list[str]:
@@ -344,7 +371,8 @@ def render_report(figures: dict) -> str:
         f"stopping on validation Recall@10 (patience {tt['patience']}, best weights restored), "
         "in-batch softmax with logQ correction, accidental hits removed. Grid "
         f"(`training.study.tuning`, {n_grid} settings at seed {tt['seeds'][0]}): "
-        f"{describe_grid(s['grid'])}. After every epoch: validation Recall@10, cluster AUC and "
+        f"{describe_grid(s['grid'])}{_reduced_note(s)}. After every epoch: validation "
+        "Recall@10, cluster AUC and "
         "geometry of the item embeddings. Per variant the setting with the best validation "
         "Recall@10 is the pick (the row named after the variant below); the setting with "
         f"the highest AUC among those within {100 * (1 - tt['near_best']):.0f}% of that best "
@@ -422,6 +450,7 @@ def render_report(figures: dict) -> str:
         "",
         "![AUC-recall front](auc_recall_front.png)",
         "",
+        *_capped_lines(figures),
         "<details><summary>every grid setting (seed 0, at its best epoch)</summary>",
         "",
         *_grid_lines(figures),
@@ -435,8 +464,8 @@ def render_report(figures: dict) -> str:
         "and the explanation stay the same function): `model.center` (the towers subtract "
         "their moving mean output before the head normalizes), `model.uniformity_weight` "
         "(Wang & Isola's uniformity of the batch's user and item embeddings added to the "
-        "loss), `model.min_temperature` (a floor for a learned temperature). Each against "
-        "the same setting without it (seed 0, best epoch):",
+        "loss), `model.min_temperature` (a floor for a learned temperature). The ones this "
+        "run's grid tried, each against the same setting without it (seed 0, best epoch):",
         "",
         *_remedy_lines(figures),
         "",
@@ -476,3 +505,21 @@ def render_report(figures: dict) -> str:
     ]
     return "\n".join(lines)
 
+
+
+def rerender(out: Path) -> None:
+    """Re-renders ``report.md`` and the figures drawn from numbers alone (not the heatmaps,
+    which need the models) from ``out/figures.json``: a report change without a rerun."""
+    figures = json.loads((out / "figures.json").read_text())
+    variants = figures["two_tower"]["variants"]
+    atomic_write(out / "training_curves.png", lambda p: plots.plot_training_curves(p, variants))
+    atomic_write(out / "auc_recall_front.png",
+                 lambda p: plots.plot_front(p, variants, figures["two_tower"]["targets"]))
+    atomic_write(out / "movielens_genres.png", lambda p: plots.plot_genres(p, figures["genres"]))
+    atomic_write(out / "report.md", lambda p: p.write_text(render_report(figures)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    rerender(Path(sys.argv[1]))
