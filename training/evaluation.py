@@ -42,6 +42,17 @@ from training.config import EvaluationConfig
 from training.indexing import RowColumns, catalog_index
 from training.schema import Interactions
 
+# A score block holds at most this many scores (64 MB of float32; the partition's int64
+# temporaries are about twice that), whatever ``chunk_size`` says: at 100k items a
+# 1,024-user block alone was 0.4 GB and pushed a 10M-interaction job past 4 GB.
+MAX_BLOCK_SCORES = 1 << 24
+
+
+def block_rows(chunk_size: int, num_items: int) -> int:
+    """Users (queries) per score block: ``chunk_size``, capped so that a block holds at
+    most ``MAX_BLOCK_SCORES`` scores (at least one row)."""
+    return max(1, min(int(chunk_size), MAX_BLOCK_SCORES // max(int(num_items), 1)))
+
 
 def exact_top_k(
     queries: np.ndarray,
@@ -56,7 +67,8 @@ def exact_top_k(
       queries: ``(b, d)`` prepared query vectors.
       candidates: ``(n, d)`` prepared candidate vectors.
       k: how many to return (capped at ``n``).
-      chunk_size: queries scored per matmul, bounding memory at ``chunk_size * n`` floats.
+      chunk_size: queries scored per matmul (at most; ``block_rows``), bounding memory at
+        ``chunk_size * n`` floats.
       exclude: optional candidate indices to leave out, per query (``RowColumns``, or
         one array per query).
 
@@ -70,6 +82,7 @@ def exact_top_k(
         exclude = RowColumns.from_lists(exclude, int(candidates.shape[0]))
     scores, indices = [np.zeros((0, k), np.float32)], [np.zeros((0, k), np.int64)]
     num_queries = int(queries.shape[0])
+    chunk_size = block_rows(chunk_size, int(candidates.shape[0]))
     for start in range(0, num_queries, chunk_size):
         stop = min(start + chunk_size, num_queries)
         block = tf.linalg.matmul(queries[start:stop], candidates, transpose_b=True).numpy()
@@ -115,7 +128,8 @@ def evaluate_embeddings(
       ks: cutoffs.
       seen: optional catalog indices excluded from each user's per-user ranking
         (``RowColumns`` over the ``u`` rows, or one array per user).
-      chunk_size: users scored per matmul; memory is about ``chunk_size * n`` floats.
+      chunk_size: users scored per matmul (at most; ``block_rows`` caps a block at
+        ``MAX_BLOCK_SCORES`` scores); memory is about ``chunk_size * n`` floats.
     """
     ks = sorted(set(int(k) for k in ks))
     n_users, n_items = user_vectors.shape[0], item_vectors.shape[0]
@@ -140,6 +154,7 @@ def evaluate_embeddings(
     discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
     order = np.argsort(test_users, kind="stable")
     sorted_users = test_users[order]
+    chunk_size = block_rows(chunk_size, n_items)
     for start in range(0, n_users, chunk_size):
         stop = min(start + chunk_size, n_users)
         block = tf.linalg.matmul(queries[start:stop], candidates, transpose_b=True).numpy()

@@ -299,3 +299,23 @@ def test_validation_users_is_a_validated_config_key():
     assert load_config(None, ["evaluation.validation_users=0"]).evaluation.validation_users == 0
     with pytest.raises(InputError, match="evaluation.validation_users must be >= 0"):
         load_config(None, ["evaluation.validation_users=-1"])
+
+
+def test_score_blocks_are_capped_and_the_cap_changes_no_metric(monkeypatch):
+    from training import evaluation
+
+    assert evaluation.block_rows(1024, 300) == 1024
+    assert evaluation.block_rows(1024, 100_000) == (1 << 24) // 100_000
+    assert evaluation.block_rows(8, 10**9) == 1
+    rng = np.random.default_rng(3)
+    users, items = rng.normal(size=(40, 6)), rng.normal(size=(50, 6))
+    test_users, test_items = rng.integers(0, 40, 120), rng.integers(0, 50, 120)
+    seen = [rng.choice(50, 4, replace=False) for _ in range(40)]
+    whole = evaluate_embeddings(users, items, test_users, test_items, [1, 5, 10], seen=seen)
+    scores, indices = exact_top_k(users, items, k=7)
+    monkeypatch.setattr(evaluation, "MAX_BLOCK_SCORES", 3 * 50)  # 3 users per block
+    assert evaluation.block_rows(1024, 50) == 3
+    assert evaluate_embeddings(users, items, test_users, test_items, [1, 5, 10], seen=seen) == whole
+    capped_scores, capped_indices = exact_top_k(users, items, k=7)
+    np.testing.assert_array_equal(capped_indices, indices)
+    np.testing.assert_allclose(capped_scores, scores, rtol=1e-6)
