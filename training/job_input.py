@@ -38,6 +38,7 @@ replicas in sync get b = B / R examples each):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -51,8 +52,7 @@ from training.data import load_data
 from training.distribution import ONE_DEVICE, Distribution
 from training.errors import InputError
 from training.evaluation import EvaluationSet, evaluate_set, evaluation_set
-from training.feature_data import FeatureData, prepare_features
-from training.feature_spec import uses_features
+from training.feature_data import FeatureData, prepare_features, prepare_streaming_features
 from training.indexing import RowColumns
 from training.pipeline import (
     epoch_seed,
@@ -106,6 +106,9 @@ def prepare(config: Config, log: Log = print) -> tuple[LoadedData, Split]:
     )
     return data, split
 
+
+_FEATURES_ON_ONE_DEVICE = ("feature towers train on one device for now (no "
+                           "training.local_replicas or TF_CONFIG cluster with model.*_features)")
 
 # ----------------------------------------------------------------------------------------
 # in memory
@@ -179,8 +182,7 @@ class InMemoryInput:
                                                                          self.split.train))
             return EpochData(dataset, None, rows)
         if self.features is not None:
-            raise InputError("feature towers train on one device for now (no "
-                             "training.local_replicas or TF_CONFIG cluster with model.*_features)")
+            raise InputError(_FEATURES_ON_ONE_DEVICE)
         columns = training_columns(self.split.train, self.probabilities())
         n = len(self.split.train)
         if not distribution.synchronous:  # parameter server: each worker keeps its rows
@@ -251,10 +253,11 @@ class StreamingInput:
     evaluation sets, the monitoring sample."""
 
     def __init__(self, config: Config, data, sets: dict[str, EvaluationSet],
-                 monitoring: EvaluationSet | None):
+                 monitoring: EvaluationSet | None, features: FeatureData | None = None):
         self.config, self.data, self.sets, self.monitoring = config, data, sets, monitoring
         self._inputs: dict[tuple, object] = {}
-        self.features: FeatureData | None = None
+        # A feature model's side features, histories and statistics (None: id towers).
+        self.features = features
 
     @classmethod
     def prepare(cls, config: Config, log: Log = print,
@@ -265,12 +268,12 @@ class StreamingInput:
         from training.streaming_eval import collect_evaluation, select_users
 
         e, t = config.evaluation, config.training
-        if uses_features(config.model):
-            raise InputError("feature towers (model.user_features, model.item_features, "
-                             "model.query_context) train from in-memory sources for now, "
-                             "not from a streaming data.path")
         data = prepare_streaming(config, log)
-        validate_catalog(config, len(data.items))
+        # A feature model's catalog is the interactions' items, then the item table's
+        # other items (their columns follow, so the evaluation sets' columns still hold).
+        features = prepare_streaming_features(config, data, log)
+        catalog = data.items if features is None else features.stored.items.ids
+        validate_catalog(config, len(catalog))
         for name in splits:
             if name not in FINAL_SPLITS:
                 raise InputError(f"split {name!r} of a streaming source is not evaluated "
@@ -286,7 +289,12 @@ class StreamingInput:
         sets = {name: _evaluation_set(s, data.items, e.exclude_seen)
                 for name, s in collected.items()}
         monitoring = None if sample is None else _subset(sets["validation"], sample)
-        return cls(config, data, {n: s for n, s in sets.items() if n in splits}, monitoring)
+        if features is not None:
+            sets = {name: dataclasses.replace(s, items=catalog) for name, s in sets.items()}
+            if monitoring is not None:
+                monitoring = dataclasses.replace(monitoring, items=catalog)
+        return cls(config, data, {n: s for n, s in sets.items() if n in splits}, monitoring,
+                   features)
 
     @property
     def users(self) -> np.ndarray:
@@ -294,7 +302,7 @@ class StreamingInput:
 
     @property
     def items(self) -> np.ndarray:
-        return self.data.items
+        return self.data.items if self.features is None else self.features.stored.items.ids
 
     def record(self) -> dict:
         s = self.data.scan
@@ -318,12 +326,15 @@ class StreamingInput:
                distribution.replicas)
         if key not in self._inputs:
             t = self.config.training
+            if self.features is not None and distribution.kind != ONE_DEVICE:
+                raise InputError(_FEATURES_ON_ONE_DEVICE)
             if distribution.synchronous:
                 self._inputs[key] = make_training_input(
                     self.data, self.config,
                     WorkerShard(distribution.num_pipelines, distribution.pipeline_id),
                     batch_size=distribution.per_replica_batch(t.batch_size),
                     replicas=distribution.replicas_per_pipeline,
+                    features=self.features,
                 )
             else:
                 files, workers = self.data.shards.files, distribution.num_pipelines
@@ -380,7 +391,7 @@ class StreamingInput:
     def evaluate(self, model, log: Log = print,
                  splits: Sequence[str] = FINAL_SPLITS) -> dict[str, dict[str, float]]:
         sets = {name: s for name, s in self.sets.items() if name in splits}
-        return evaluate_sets(model, sets, self.config, log)
+        return evaluate_sets(model, sets, self.config, log, self.features)
 
 
 def _evaluation_set(collected, items: np.ndarray, exclude_seen: bool) -> EvaluationSet:

@@ -193,3 +193,28 @@ def test_an_unknown_feature_type_and_a_missing_table_are_one_line(tmp_path):
     with pytest.raises(InputError, match="feature 'age' of \\[model.user_features\\] is read "
                                          "from a user table: set data.user_features"):
         prepare_features(config, data, split_data(data.interactions, config.data), log=_quiet)
+
+
+def test_a_feature_model_trains_from_the_streaming_input(tmp_path):
+    from training.job_input import StreamingInput, prepare_input
+    from training.train import fit_input
+
+    paths = write_feature_data(tmp_path)
+    raw = feature_config(paths)
+    raw["data"] = {**raw["data"], "split": "hash-interaction", "test_fraction": 0.2,
+                   "validation_fraction": 0.1}
+    raw["training"] = {**raw["training"], "epochs": 1}
+    config = config_from_dict(raw)
+    source = prepare_input(config, log=_quiet)
+    assert isinstance(source, StreamingInput) and source.features is not None
+    # The catalog: the interactions' items, then the item table's items nobody rated.
+    assert len(source.items) == len(source.data.items) + UNSEEN_ITEMS
+    assert all(s.items is source.items or (s.items == source.items).all()
+               for s in source.sets.values())
+    result = fit_input(config, source)
+    assert result.features is source.features and result.epochs == 1
+    metrics = source.evaluate(result.model, log=_quiet)
+    assert set(metrics) == {"validation", "test"}
+    for values in metrics.values():
+        assert all(np.isfinite(v) for v in values.values())
+        assert values["recall@10"] > 0
