@@ -28,7 +28,6 @@ Output: per row, mean ± sample standard deviation over the seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from benchmarks.movielens import (  # noqa: E402
     tune,
     with_settings,
 )
+from benchmarks.report import emit
 from training.config import load_config  # noqa: E402
 from training.train import evaluate_split, fit, prepare  # noqa: E402
 
@@ -237,12 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                                          args.tune)
     lines = markdown(results)
     lines.append(f"Wall time {(time.perf_counter() - started) / 60:.1f} min.")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    emit("\n".join(lines), args.out, args.json, results)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.report import emit
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -751,12 +753,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"(a) plot: {args.plot_a}")
     lines.append(f"Wall time {(time.perf_counter() - started) / 60:.1f} min; load average at "
                  f"the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}.")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    emit("\n".join(lines), args.out, args.json, results)
 
 
 if __name__ == "__main__":

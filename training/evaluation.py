@@ -335,10 +335,7 @@ class ValidationRecall(tf.keras.callbacks.Callback):
             self.evaluation = validation
         else:
             self.evaluation = evaluation_set(validation, items, seen, max_users, seed)
-        self.inputs = {} if features is None else {
-            "query_inputs": features.query_inputs("validation"),
-            "item_inputs": features.item_inputs(),
-        }
+        self.inputs = {} if features is None else features.evaluation_inputs("validation")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if len(self.evaluation.test_users) == 0:

@@ -107,6 +107,10 @@ class FeatureData:
 
         return inputs
 
+    def evaluation_inputs(self, split: str) -> dict:
+        """``evaluate_set``'s ``query_inputs`` and ``item_inputs`` for ``split``."""
+        return {"query_inputs": self.query_inputs(split), "item_inputs": self.item_inputs()}
+
     def item_inputs(self) -> Callable[[np.ndarray], dict]:
         """``item_ids (n,) -> the item tower's inputs``."""
         import tensorflow as tf

@@ -425,9 +425,7 @@ def evaluate_sets(model, sets: dict[str, EvaluationSet], config: Config,
     metrics = {}
     for name, evaluation in sets.items():
         start = time.perf_counter()
-        inputs = {} if features is None else {
-            "query_inputs": features.query_inputs(name), "item_inputs": features.item_inputs(),
-        }
+        inputs = {} if features is None else features.evaluation_inputs(name)
         metrics[name] = evaluate_set(model, evaluation, e.ks, e.chunk_size, **inputs)
         seconds = time.perf_counter() - start
         users = len(evaluation.users)

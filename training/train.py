@@ -241,9 +241,7 @@ def evaluate_split(
     seen = split.train if e.exclude_seen and name != "train" else None
     if features is None:
         features = prepare_features(config, data, split)
-    inputs = {} if features is None else {
-        "query_inputs": features.query_inputs(name), "item_inputs": features.item_inputs(),
-    }
+    inputs = {} if features is None else features.evaluation_inputs(name)
     return evaluate_model(model, split.get(name), data.items, e.ks, seen, e.chunk_size, **inputs)
 
 
