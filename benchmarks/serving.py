@@ -13,7 +13,8 @@ One run measures, on one export, against peers measured in the same run:
 - (b) **throughput** with 16 and 64 concurrent clients sending batch-1 requests, with
   ``--enable_batching`` against without. Target: at least 3x queries/second. The same
   comparison without the transport (``ServerCore.predict`` called by threads of this
-  process) shows what batching does for the model side alone.
+  process) shows what batching does for the model side alone, and the no-model floor
+  server under the same load shows the transport's ceiling: no server answers faster.
 - (c) **REST** at batch 64 with 16 clients against gRPC at the same load. Target: REST
   p50 at most 2x gRPC's.
 - (d) several server processes on one port: built, measured at commit 0fb2a17 with this
@@ -341,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             record(f"floor b=1, 1 client #{rep}", measure_threads(over(floor_stub, requests_1), 1, args.seconds))
             record(f"gRPC b=1, 1 client #{rep}", measure_threads(over(stub, requests_1), 1, args.seconds))
 
+        # The transport's own ceiling for (b): no server answers batch-1 requests faster
+        # than one that does no work at all.
+        for clients in (16, 64):
+            record(f"floor: gRPC b=1, {clients} clients",
+                   measure_aio(floor.target, requests_file, clients, args.seconds))
+
         # ---- (c) REST vs gRPC at batch 64, 16 clients
         local = threading.local()
 
@@ -391,6 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def describe_export(args) -> str:
+    """The export measured: the default, or a given one from its model card."""
+    if not args.model_base_path:
+        return f"synthetic default (2,000 users, 300 items), 2 epochs, ScaNN, K={args.k}"
+    base = args.model_base_path
+    version = max(int(p.name) for p in base.iterdir() if p.name.isdigit())
+    card = json.loads((base / str(version) / "assets.extra" / "model_card.json").read_text())
+    return (f"{base} version {version}: {card['num_users']:,} users, {card['num_items']:,} items, "
+            f"K={card['k']}, {card['index']['type']} index ({card['index']['description']})")
+
+
 def report(rows: dict[str, dict], args, argv: list[str]) -> str:
     import tensorflow as tf
 
@@ -421,8 +439,7 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"TensorFlow {tf.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}. "
-        f"Export: {'given' if args.model_base_path else 'synthetic default (2,000 users, 300 items), 2 epochs, ScaNN'}, "
-        f"K={args.k}, signature serving_default. {args.seconds:.0f} s per row.",
+        f"Export: {describe_export(args)}, signature serving_default. {args.seconds:.0f} s per row.",
         "",
         "| row | p50 ms | p99 ms | queries/s | queries/s vs peer |",
         "|---|---:|---:|---:|---:|",
@@ -432,7 +449,8 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
         out += [line(f"core off: b=1, {c} threads"), line(f"core on: b=1, {c} threads", f"core off: b=1, {c} threads")]
     out += [line("gRPC b=64, 16 clients"), line("REST b=64, 16 clients", "gRPC b=64, 16 clients")]
     for c in (16, 64):
-        out += [line(f"off: gRPC b=1, {c} clients"), line(f"on: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients")]
+        out += [line(f"off: gRPC b=1, {c} clients"), line(f"on: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients"),
+                line(f"floor: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients")]
     out += [
         "",
         f"- (a) server-added latency, batch 1, 1 client: gRPC p50 {grpc_p50:.2f} ms - in-process "
@@ -445,6 +463,9 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
         f"{speedups[64]:.2f}x at 64; target >= 3x: {'met' if ok_b else 'missed'}. Without the "
         "gRPC transport (ServerCore.predict in this process): "
         + ", ".join(f"{r(f'core on: b=1, {c} threads')['qps'] / r(f'core off: b=1, {c} threads')['qps']:.2f}x at {c}"
+                    for c in (16, 64)) + ". The ceiling through this transport (the no-model "
+        "floor server's throughput over batching off's): "
+        + ", ".join(f"{r(f'floor: gRPC b=1, {c} clients')['qps'] / r(f'off: gRPC b=1, {c} clients')['qps']:.2f}x at {c}"
                     for c in (16, 64)) + ".",
         f"- (c) REST / gRPC p50 at batch 64, 16 clients: {rest_ratio:.2f}x; target <= 2x: "
         f"{'met' if ok_c else 'missed'}.",

@@ -186,6 +186,9 @@ CASES = [
     # study
     Case("study-out-is-a-file", ("study", "cosine-faithfulness", "--quick", "--out", "{tmp}/a_file"),
          "is not a directory"),
+    Case("study-only-without-a-study", ("study", "cosine-faithfulness", "--quick", "--only",
+                                        "genres", "--out", "{tmp}/none"),
+         "needs a finished study"),
 ]
 
 

@@ -224,7 +224,17 @@ def test_quick_run_writes_every_output_with_finite_numbers(quick):
         assert all(r["per_epoch"] for r in v["grid"])
     assert two_tower["remedies"] and "met" in two_tower["targets"]
     genres = figures["genres"]
-    assert set(genres["models"]) == {"dot", "cosine"} and "ease" in genres["references"]
+    # The benchmark's rows and each head's picks from the grid (the balanced pick only
+    # when it differs from the validation pick).
+    assert {"dot", "cosine", "dot_chosen", "cosine_chosen"} <= set(genres["models"]) <= {
+        "dot", "cosine", "dot_chosen", "cosine_chosen", "dot_balanced", "cosine_balanced"}
+    assert "ease" in genres["references"]
+    grid = genres["grid"]
+    assert {r["head"] for r in grid["settings"]} == {"dot", "cosine"}
+    for head, picks in grid["picks"].items():
+        for index in picks.values():
+            assert grid["settings"][index]["head"] == head
+    assert all(r["per_epoch"] and r["best_epoch"] <= r["epochs_run"] for r in grid["settings"])
     for m in genres["models"].values():
         for run in m["runs"]:
             assert 0.0 <= run["rescaling"]["mean_jaccard@10"] <= 1.0
@@ -249,6 +259,26 @@ def test_cli_registers_the_study_and_rejects_bad_sizes(tmp_path, capsys):
     assert args.quick and callable(args.func)
     assert main(["study", "cosine-faithfulness", "--users", "3", "--out", str(tmp_path)]) == 2
     assert "--users must be >= 20" in capsys.readouterr().err
+
+
+def test_only_genres_reruns_the_movielens_part_and_keeps_the_rest(quick, tmp_path):
+    import shutil
+
+    from training.study.faithfulness import make_settings, rerun_genres
+    from training.study.probes import jsonable
+
+    copy = tmp_path / "copy"
+    shutil.copytree(quick["out"], copy)
+    before = json.loads((copy / "figures.json").read_text())
+    heatmaps = (copy / "item_cosine_heatmaps.png").read_bytes()
+    figures = rerun_genres(make_settings(quick=True), copy, log=lambda message: None)
+    after = json.loads((copy / "figures.json").read_text())
+    assert after["genres_rerun"]["command"].endswith("--only genres")
+    assert after["models"] == before["models"] and after["two_tower"] == before["two_tower"]
+    assert after["genres"] == json.loads(json.dumps(jsonable(figures["genres"])))
+    assert (copy / "item_cosine_heatmaps.png").read_bytes() == heatmaps
+    report = (copy / "report.md").read_text()
+    assert after["genres_rerun"]["command"] in report and before["command"] in report
 
 
 def test_report_is_rendered_from_figures_json_alone(quick, tmp_path):

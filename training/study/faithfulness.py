@@ -242,6 +242,8 @@ class _Phases:
 
     def __init__(self, log: Log):
         self.log, self.start = log, time.perf_counter()
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.cpu_start, self.load_start = time.process_time(), os.getloadavg()[0]
 
     @property
     def elapsed(self) -> float:
@@ -332,19 +334,12 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
     from training.data import generate_synthetic
     from training.evaluation import evaluate_model
     from training.splits import split_data
-    from training.study import genres
     from training.study.report import write_outputs  # loaded now: the run takes long
 
     phase = _Phases(log)
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    cpu_start, load_start = time.process_time(), os.getloadavg()[0]
+    started, cpu_start, load_start = phase.started, phase.cpu_start, phase.load_start
     # The real data first: a missing copy fails now, not after the long synthetic part.
-    if settings.genres == "movielens":
-        genre_data = genres.movielens_genres()
-    else:
-        genre_data = genres.synthetic_genres(max(settings.users // 3, 200), settings.items,
-                                             settings.clusters, settings.seed)
-    phase(f"genres data: {genre_data.description}")
+    genre_data = _genre_data(settings, phase)
     data = generate_synthetic(settings.users, settings.items, settings.clusters, settings.seed)
     split = split_data(data.interactions, _config(settings).data)
     phase(f"data: {data.description}: {len(data.interactions)} interactions; train "
@@ -473,9 +468,7 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
     phase(f"synthetic part done in {synthetic_seconds:.0f} s")
 
     # -- real data: genres ----------------------------------------------------------------------
-    figures["genres"] = genres.run_genres(
-        genre_data, settings.seeds, settings.random_draws, settings.rescaling_octaves,
-        settings.seed, phase, epochs=settings.genre_epochs)
+    figures["genres"] = _run_genres(settings, genre_data, phase)
     figures["seconds"] = round(phase.elapsed, 1)
     # Wall time depends on what else runs on the machine; CPU time (all threads) less so.
     figures["timing"] = {"synthetic": round(synthetic_seconds, 1),
@@ -488,6 +481,66 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
         write_outputs(Path(out), figures, models, data, diagonals, phase)
     phase(f"done in {figures['seconds']:.0f} s")
     return {"figures": figures, "models": models, "data": data, "split": split}
+
+
+def _genre_data(settings: StudySettings, phase: _Phases):
+    """MovieLens 100K with its genres, or the synthetic stand-in (``--genres synthetic``)."""
+    from training.study import genres
+
+    if settings.genres == "movielens":
+        data = genres.movielens_genres()
+    else:
+        data = genres.synthetic_genres(max(settings.users // 3, 200), settings.items,
+                                       settings.clusters, settings.seed)
+    phase(f"genres data: {data.description}")
+    return data
+
+
+def _run_genres(settings: StudySettings, genre_data, phase: _Phases) -> dict[str, Any]:
+    from training.study import genres
+
+    return genres.run_genres(genre_data, settings.seeds, settings.random_draws,
+                             settings.rescaling_octaves, settings.seed, phase,
+                             epochs=settings.genre_epochs)
+
+
+def rerun_genres(settings: StudySettings, out: str | Path, log: Log = print) -> dict:
+    """Reruns only the MovieLens part into a finished study in ``out``: replaces
+    ``figures.json``'s ``genres``, then rewrites ``movielens_genres.png`` and
+    ``report.md`` (the synthetic part's numbers and figures stay as they are).
+
+    Raises ``InputError`` when ``out`` holds no finished study."""
+    import json
+
+    from training.study.report import refresh_genres
+
+    out = Path(out)
+    path = out / "figures.json"
+    try:
+        figures = json.loads(path.read_text())
+        finished = isinstance(figures, dict) and {"genres", "timing"} <= figures.keys()
+    except (OSError, ValueError):
+        finished = False
+    if not finished:
+        raise InputError(f"--only genres needs a finished study in {out} (a readable "
+                         "figures.json); run the whole study there first")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tfrs_cosine  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+    phase = _Phases(log)
+    started, cpu_start, load_start = phase.started, phase.cpu_start, phase.load_start
+    genre_data = _genre_data(settings, phase)
+    figures["genres"] = _run_genres(settings, genre_data, phase)
+    figures["genres_rerun"] = {
+        "command": settings.command(out) + " --only genres", "started": started,
+        "seconds": round(phase.elapsed, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "load_average_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "versions": _versions()}
+    refresh_genres(out, figures)
+    phase(f"MovieLens part rerun in {phase.elapsed:.0f} s; wrote figures.json, "
+          f"movielens_genres.png and report.md to {out}")
+    return figures
 
 
 def _invariance(m: StudyModel, diagonals, users, gram, batches, settings) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 For the MovieLens benchmark's best dot setting (row 3g of BENCHMARKS.md: dot + logQ,
 the tutorial's towers) and its best cosine setting (row 3e: cosine + layer norm +
 towers [64, 32] + logQ), trained on protocol A's training part (the TFRS tutorial's
-split) with 3 seeds, and for closed-form references (EASE with lambda tuned on
-validation, item-KNN cosine, PureSVD; ``training.baselines``):
+split) with 3 seeds; for each head's picks from a grid explored on the tuning split
+(``training.study.genre_grid``: the best validation Recall@10, and the highest genre AUC
+within 5% of it), trained the same way; and for closed-form references (EASE with lambda
+tuned on validation, item-KNN cosine, PureSVD; ``training.baselines``):
 
 * genre AUC: ROC-AUC of the item-item similarity (cosine of the item tower outputs;
   the item-item matrix of a reference) for item pairs sharing a genre versus not;
@@ -15,8 +17,9 @@ validation, item-KNN cosine, PureSVD; ``training.baselines``):
   model ``D`` is not a symmetry: its training loss changes.
 
 Items: those with at least ``MIN_TRAIN_COUNT`` training interactions and a known genre.
-Cost: one ``fit`` per model and seed (seconds at this size), an ``O(p^3)`` EASE solve per
-lambda, ``O(p^2)`` similarity matrices (``p`` = 1,682 items).
+Cost: one ``fit`` per grid setting, and per measured model and seed (seconds each at this
+size), an ``O(p^3)`` EASE solve per lambda, ``O(p^2)`` similarity matrices (``p`` = 1,682
+items).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from training import baselines
 from training.schema import Interactions, LoadedData
 from training.splits import Split, random_split
-from training.study import metrics
+from training.study import genre_grid, metrics
 from training.study.neighbours import jaccard, neighbour_precision, top_k_neighbours
 
 K = 10
@@ -169,18 +172,25 @@ class GenreTruth:
                 "precision@10": neighbour_precision(self.neighbours(similarity), self.labels)}
 
 
-def _train_model(key: str, seed: int, gd: GenreData, epochs: int | None):
+def model_config(model_keys: dict[str, Any], training_keys: dict[str, Any]):
+    """The MovieLens benchmark's protocol A config with ``model_keys`` / ``training_keys``
+    on top (dim 32, logQ, no accidental-hit removal, Adam, batch 1024)."""
     from training.config import config_from_dict
-    from training.train import fit
 
-    _, model_keys, training_keys = BENCHMARK_MODELS[key]
-    config = config_from_dict({
+    return config_from_dict({
         "model": {"embedding_dim": 32, "remove_accidental_hits": False,
                   "logq_correction": True, **model_keys},
         "training": {"optimizer": "adam", "batch_size": 1024, "early_stopping_patience": 0,
-                     "seed": seed, **training_keys} | ({"epochs": epochs} if epochs else {}),
+                     **training_keys},
         "evaluation": {"ks": [10, 100]},
     })
+
+
+def _train_model(model_keys: dict[str, Any], training_keys: dict[str, Any], seed: int,
+                 gd: GenreData):
+    from training.train import fit
+
+    config = model_config(model_keys, {**training_keys, "seed": seed})
     return fit(config, gd.data, gd.split, verbose=0), config
 
 
@@ -275,16 +285,21 @@ def run_genres(gd: GenreData, seeds: tuple[int, ...], draws: int, octaves: float
     pop = evaluate_factors(np.ones((len(rows.user_rows), 1)), counts[:, None], rows)
     out["references"]["popularity"] = {"label": "most popular", "test": _headline(pop)}
 
-    # -- the benchmark's best dot and cosine settings, 3 seeds -------------------------------
+    # -- each head explored over a grid on the tuning split ------------------------------
+    grid = genre_grid.QUICK_GRID if epochs else genre_grid.GRID
+    out["grid"] = genre_grid.explore(
+        grid, data, split.train, truth.measure, model_config, seed, phase,
+        max_epochs=epochs or genre_grid.MAX_EPOCHS)
+
+    # -- the benchmark's rows and each head's picks, trained on the training part, 3 seeds --
     dim = 32
     diagonals = metrics.random_diagonals(dim, draws, seed + 7, octaves)
     users = np.array(data.users)
     batches = loss_batches(split.train, data.items, 1024, 4, seed + 1)
-    neighbour_lists: dict[str, list[np.ndarray]] = {}
-    for key, (label, _, training_keys) in BENCHMARK_MODELS.items():
-        runs = []
+    for key, (label, model_keys, training_keys) in _models_to_measure(out["grid"], epochs).items():
+        runs, lists = [], []
         for s in seeds:
-            result, config = _train_model(key, s, gd, epochs)
+            result, config = _train_model(model_keys, training_keys, s, gd)
             vectors = item_embeddings(result.model)
             cosines = metrics.cosine_matrix(vectors)
             held_out = evaluate_factors(
@@ -294,7 +309,7 @@ def run_genres(gd: GenreData, seeds: tuple[int, ...], draws: int, octaves: float
                    "epochs": result.epochs, "seconds": round(result.seconds, 1),
                    "temperature": float(result.model.head.temperature.numpy())}
             run["rescaling"] = rescaling_test(result.model, truth, diagonals, users, batches)
-            neighbour_lists.setdefault(key, []).append(truth.neighbours(cosines))
+            lists.append(truth.neighbours(cosines))
             runs.append(run)
             rs = run["rescaling"]
             phase(f"genres {key} seed {s}: genre AUC {run['genre_auc']:.3f}, precision@10 "
@@ -302,12 +317,11 @@ def run_genres(gd: GenreData, seeds: tuple[int, ...], draws: int, octaves: float
                   f"under random D: Jaccard@10 {rs['mean_jaccard@10']:.3f}, score change "
                   f"{rs['max_score_change']:.1e}, loss change {rs['loss_change_min']:+.1e}.."
                   f"{rs['loss_change_max']:+.1e} ({result.seconds:.0f} s)")
-        lists = neighbour_lists[key]
         across = [float(jaccard(lists[a], lists[b]).mean())
                   for a in range(len(lists)) for b in range(a + 1, len(lists))]
         out["models"][key] = {
-            "label": label, "settings": {**config.to_dict()["model"],
-                                         **config.to_dict()["training"]} | training_keys,
+            "label": label, "head": model_keys["head"],
+            "settings": {**config.to_dict()["model"], **config.to_dict()["training"]},
             "runs": runs,
             "summary": {name: _summary([_get(r, name) for r in runs]) for name in (
                 "genre_auc", "precision@10", "test.recall@10", "test.top_100_categorical_accuracy",
@@ -318,6 +332,25 @@ def run_genres(gd: GenreData, seeds: tuple[int, ...], draws: int, octaves: float
     out["rescalings"] = {"draws": draws, "octaves": octaves, "seed": seed + 7,
                          "users_scored": len(users), "loss_batches": len(batches)}
     return out
+
+
+def _models_to_measure(grid: dict[str, Any], epochs: int | None
+                       ) -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``key -> (label, model keys, training keys)``: the benchmark's two rows, then each
+    head's validation pick (``dot_chosen``, ``cosine_chosen``) and, when it differs, its
+    highest genre AUC near the best recall (``*_balanced``), at their best epoch counts."""
+    models = {key: (label, model_keys, training_keys | ({"epochs": epochs} if epochs else {}))
+              for key, (label, model_keys, training_keys) in BENCHMARK_MODELS.items()}
+    for head, picks in grid["picks"].items():
+        for which in ("chosen", "balanced"):
+            if which == "balanced" and picks["balanced"] == picks["chosen"]:
+                continue
+            record = grid["settings"][picks[which]]
+            what = "validation pick" if which == "chosen" else "highest genre AUC near the best recall"
+            models[f"{head}_{which}"] = (
+                f"{head} {what}: {record['label']}", record["model"],
+                {"learning_rate": grid["learning_rate"], "epochs": record["best_epoch"]})
+    return models
 
 
 def _embed(tower, ids):

@@ -170,16 +170,26 @@ def plot_front(path: Path, variants: dict[str, dict], targets: dict) -> None:
     _save(fig, path)
 
 
+def _short(key: str, model: dict) -> str:
+    """A bar label: the benchmark row, or the pick and its setting."""
+    label = model["label"]
+    if key in ("dot", "cosine"):
+        return f"{key}: {label.split(':')[0]}"
+    return f"{key}: {label.split(': ', 1)[-1]}"
+
+
 def plot_genres(path: Path, genres: dict) -> None:
     """MovieLens: genre AUC and precision@10 per model (trained: mean +- sd over seeds),
     and the per-item Jaccard of top-10 cosine neighbours under random ``D``."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
+    grid = genres.get("grid")
+    fig, axes = plt.subplots(1, 4 if grid else 3, figsize=(20 if grid else 15, 4.6),
+                             layout="constrained")
     names, colours, values = [], [], {"genre_auc": [], "precision@10": []}
     errors = {"genre_auc": [], "precision@10": []}
     for key, m in genres["models"].items():
-        names.append(f"{key}: {m['label'].split(':')[0]}")
-        colours.append(COLOURS["dot" if key == "dot" else "cosine_ln"])
+        names.append(_short(key, m))
+        colours.append(COLOURS["dot" if m.get("head", key) == "dot" else "cosine_ln"])
         for metric in values:
             values[metric].append(m["summary"][metric]["mean"])
             errors[metric].append(m["summary"][metric]["sd"])
@@ -206,10 +216,12 @@ def plot_genres(path: Path, genres: dict) -> None:
     axes[1].axvline(genres["pairs_sharing_a_genre"], color="k", lw=0.6, ls=":")
     bins = np.linspace(0, 1, 21)
     for key, m in genres["models"].items():
+        if key not in ("dot", "cosine"):  # the benchmark's rows; the picks are in the table
+            continue
         run = m["runs"][0]["rescaling"]
         loss = (f"loss change {run['loss_change_min']:+.1e}..{run['loss_change_max']:+.1e}")
         axes[2].hist(run["per_item_jaccard@10"], bins=bins, alpha=0.6,
-                     color=COLOURS["dot" if key == "dot" else "cosine_ln"],
+                     color=COLOURS["dot" if m.get("head", key) == "dot" else "cosine_ln"],
                      label=f"{key}: mean {run['mean_jaccard@10']:.2f}; score change "
                            f"{run['max_score_change']:.0e}; {loss}")
     axes[2].set_xlabel("Jaccard@10 of cosine neighbours, before / after D")
@@ -218,6 +230,24 @@ def plot_genres(path: Path, genres: dict) -> None:
                       "models)", fontsize=10)
     axes[2].set_ylim(0, axes[2].get_ylim()[1] * 1.35)  # room for the legend
     axes[2].legend(fontsize=6.5, loc="upper right")
+    if grid:
+        ax = axes[3]
+        for head in ("dot", "cosine"):
+            points = [r for r in grid["settings"] if r["head"] == head]
+            if not points:
+                continue
+            ax.scatter([r["at_best_epoch"]["validation_recall@10"] for r in points],
+                       [r["at_best_epoch"]["genre_auc"] for r in points], s=22,
+                       color=COLOURS["dot" if head == "dot" else "cosine_ln"], label=head)
+        for picks in grid["picks"].values():
+            r = grid["settings"][picks["chosen"]]["at_best_epoch"]
+            ax.scatter([r["validation_recall@10"]], [r["genre_auc"]], s=90, facecolors="none",
+                       edgecolors="k", linewidths=1.0)
+        ax.set_xlabel("validation Recall@10 (tuning split)")
+        ax.set_ylabel("genre AUC at the best epoch")
+        ax.set_title("Grid per head (circled: validation picks)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.suptitle(f"{genres['data'].split(';')[0]}: {genres['items_evaluated']} items "
                  f"(>= {genres['min_train_count']} training interactions, a genre)",
                  fontsize=10)

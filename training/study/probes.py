@@ -2,13 +2,13 @@
 
 Item embeddings, served scores and explanation cosines over the catalog; the in-batch
 loss on fixed batches; the dimension-wise re-scaling ``(u D, i D^-1)`` of Steck et al.'s
-Eq. 3 applied to a trained model; JSON conversion of numpy values.
+Eq. 3 applied to a trained model; a per-epoch probe; JSON conversion of numpy values.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -107,3 +107,27 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def epoch_probe(monitor: str, measure: Callable[[np.ndarray], dict[str, float]]):
+    """A Keras callback that appends, after every epoch, a row to its ``rows``: the epoch,
+    ``validation_recall@10`` (the ``monitor`` log), ``measure(item embeddings (p, d))``,
+    the temperature and the loss."""
+    import tensorflow as tf
+
+    class EpochProbe(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.rows: list[dict[str, float]] = []
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            self.rows.append({
+                "epoch": epoch + 1,
+                "validation_recall@10": float(logs.get(monitor, float("nan"))),
+                **measure(item_embeddings(self.model)),
+                "temperature": float(self.model.head.temperature.numpy()),
+                "loss": float(logs.get("loss", float("nan"))),
+            })
+
+    return EpochProbe()

@@ -256,7 +256,7 @@ def _genre_lines(g: dict) -> list[str]:
     rows = []
     for key, m in g["models"].items():
         s = m["summary"]
-        rows.append([f"{m['label']} ({key})", f"{len(m['runs'])} seeds",
+        rows.append([f"{m['label']} ({m.get('head', key)})", f"{len(m['runs'])} seeds",
                      _pm(s["genre_auc"]), _pm(s["precision@10"]),
                      _pm(s["test.recall@10"], 4), _pm(s["test.top_100_categorical_accuracy"], 4)])
     for r in g["references"].values():
@@ -271,7 +271,7 @@ def _genre_lines(g: dict) -> list[str]:
     for key, m in g["models"].items():
         s = m["summary"]
         runs = [r["rescaling"] for r in m["runs"]]
-        arb.append([f"{m['label']} ({key})", _pm(s["rescaling.mean_jaccard@10"]),
+        arb.append([f"{m['label']} ({m.get('head', key)})", _pm(s["rescaling.mean_jaccard@10"]),
                     f"{min(r['min_jaccard@10'] for r in runs):.3f}-"
                     f"{max(r['max_jaccard@10'] for r in runs):.3f}",
                     f"{max(r['max_score_change'] for r in runs):.1e}",
@@ -283,6 +283,74 @@ def _genre_lines(g: dict) -> list[str]:
     lines += ["", *_table(["model", "Jaccard@10 under D (mean ± sd over seeds)",
                            "per-draw range", "score change under D", "loss change under D",
                            "genre AUC under D", "Jaccard@10 between seeds"], arb)]
+    return lines
+
+
+def _rerun_lines(figures: dict) -> list[str]:
+    r = figures.get("genres_rerun")
+    if not r:
+        return []
+    return [
+        "",
+        f"The MovieLens part was rerun on its own afterwards: `{r['command']}` "
+        f"({r['started']}, {r['seconds']:.0f} s wall time, {r['cpu_seconds'] / 60:.1f} min of "
+        f"CPU time, 1-minute load average {r['load_average_1min'][0]:.1f} at the start and "
+        f"{r['load_average_1min'][1]:.1f} at the end); its section below is from that rerun.",
+    ]
+
+
+def _genre_grid_lines(g: dict) -> list[str]:
+    grid = g.get("grid")
+    if not grid:
+        return []
+    chosen = {i: f"{head} validation pick" for head, p in grid["picks"].items()
+              for i in [p["chosen"]]}
+    for head, p in grid["picks"].items():
+        text = f"{head} highest genre AUC near the best recall"
+        chosen[p["balanced"]] = (chosen[p["balanced"]] + ", " + text
+                                 if p["balanced"] in chosen else text)
+    rows = [[r["head"], r["label"], chosen.get(i, ""),
+             f"{r['best_epoch']} of {r['epochs_run']}",
+             f"{r['at_best_epoch']['validation_recall@10']:.4f}",
+             f"{r['at_best_epoch']['genre_auc']:.3f}",
+             f"{r['at_best_epoch']['temperature']:.3f}", f"{r['seconds']:.0f}"]
+            for i, r in enumerate(grid["settings"])]
+    return [
+        f"Each head explored (`training.study.genre_grid`): trained on a random 90% of the "
+        f"training part ({grid['tuning_rows']} rows, seed 43, as the benchmark tunes) with "
+        f"early stopping on the other 10%'s Recall@10 (lr {grid['learning_rate']:g}, at most "
+        f"{grid['max_epochs']} epochs, patience {grid['patience']}, seed {grid['seed']}); the "
+        "genre AUC is the probe's at the best epoch. Per head the setting with the best "
+        "validation Recall@10 is the pick; the one with the highest genre AUC among those "
+        f"within {100 * (1 - grid['near_best']):.0f}% of that recall is reported beside it "
+        "(it uses the genres).",
+        "",
+        *_table(["head", "setting", "picked as", "best epoch", "validation Recall@10",
+                 "genre AUC", "T at best epoch", "s"], rows),
+        "",
+    ]
+
+
+def _genre_verdicts(g: dict) -> list[str]:
+    """cosine >= dot genre AUC for each pairing the run measured (benchmark rows, picks)."""
+    models = g["models"]
+    lines = []
+    for dot_key, cos_key, what in (("dot", "cosine", "the benchmark's rows (3g, 3e)"),
+                                   ("dot_chosen", "cosine_chosen", "the validation picks"),
+                                   ("dot_balanced", "cosine_balanced",
+                                    "the highest genre AUC near each head's best recall")):
+        if "balanced" in dot_key and dot_key not in models and cos_key not in models:
+            continue  # both heads' balanced picks are their validation picks
+        dot_key = dot_key if dot_key in models else "dot_chosen"
+        cos_key = cos_key if cos_key in models else "cosine_chosen"
+        if dot_key not in models or cos_key not in models:
+            continue
+        d, c = models[dot_key]["summary"], models[cos_key]["summary"]
+        met = c["genre_auc"]["mean"] >= d["genre_auc"]["mean"]
+        lines.append(
+            f"- Genre AUC, {what}: cosine {_pm(c['genre_auc'])} vs dot {_pm(d['genre_auc'])} "
+            f"(cosine >= dot: **{'met' if met else 'NOT met'}**); test Recall@10 cosine "
+            f"{_pm(c['test.recall@10'], 4)} vs dot {_pm(d['test.recall@10'], 4)}.")
     return lines
 
 
@@ -311,6 +379,7 @@ def _genre_observations(g: dict) -> list[str]:
         + (f"; EASE's item-item matrix {ease['genre_auc']:.3f} / {ease['precision@10']:.3f}"
            if "genre_auc" in ease else "")
         + f"; a random neighbour shares a genre with probability {g['pairs_sharing_a_genre']:.3f}.",
+        *_genre_verdicts(g)[1:],
     ]
     return lines
 
@@ -345,6 +414,7 @@ def render_report(figures: dict) -> str:
         f"average {timing['load_average_1min'][0]:.1f} at the start and "
         f"{timing['load_average_1min'][1]:.1f} at the end (other jobs share the machine) "
         f"({', '.join(f'{k} {v}' for k, v in figures['versions'].items())}).",
+        *_rerun_lines(figures),
         "",
         "## What each head gives (paper's simulation, validation picks over seeds)",
         "",
@@ -477,7 +547,8 @@ def render_report(figures: dict) -> str:
         "interactions and a known genre); a pair is positive when the two share at least "
         f"one of the {len(g['genres'])} genres ({g['pairs_sharing_a_genre']:.3f} of pairs "
         "do). Trained models: the benchmark's best dot and best cosine settings "
-        "(BENCHMARKS.md rows 3g and 3e, their validation-picked epoch counts), trained on the "
+        "(BENCHMARKS.md rows 3g and 3e, their validation-picked epoch counts), and each "
+        "head's picks from the grid below (at their best epoch counts), trained on the "
         "whole training part with seeds "
         f"{[r['seed'] for r in next(iter(g['models'].values()))['runs']]}; similarity = "
         "cosine of the item tower outputs (what the explanation reports). References: "
@@ -490,6 +561,7 @@ def render_report(figures: dict) -> str:
         f"{g['rescalings']['loss_batches']} fixed training batches; scores over all "
         f"{g['rescalings']['users_scored']} users x catalog.",
         "",
+        *_genre_grid_lines(g),
         *_genre_lines(g),
         "",
         *_genre_observations(g),
@@ -505,6 +577,17 @@ def render_report(figures: dict) -> str:
     ]
     return "\n".join(lines)
 
+
+
+def refresh_genres(out: Path, figures: dict) -> None:
+    """Writes ``figures.json``, ``movielens_genres.png`` and ``report.md`` after a rerun of
+    the MovieLens part (the other figures do not change)."""
+    from training.study.probes import jsonable
+
+    atomic_write(out / "figures.json", lambda p: p.write_text(
+        json.dumps(jsonable(figures), indent=1, allow_nan=False) + "\n"))
+    atomic_write(out / "movielens_genres.png", lambda p: plots.plot_genres(p, figures["genres"]))
+    atomic_write(out / "report.md", lambda p: p.write_text(render_report(figures)))
 
 
 def rerender(out: Path) -> None:

@@ -160,30 +160,12 @@ def quick_grid() -> list[Setting]:
 
 
 def _probe_callback(pairs: metrics.PairLabels, monitor: str):
-    import tensorflow as tf
+    """After each epoch: validation recall, cluster AUC and geometry of the item
+    embeddings, the temperature (``probes.epoch_probe``)."""
+    from training.study.probes import epoch_probe
 
-    from training.study.probes import item_embeddings
-
-    class EpochProbe(tf.keras.callbacks.Callback):
-        """After each epoch: validation recall (logged by ``ValidationRecall``), cluster
-        AUC and geometry of the item embeddings, the temperature."""
-
-        def __init__(self):
-            super().__init__()
-            self.rows: list[dict[str, float]] = []
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            vectors = item_embeddings(self.model)
-            self.rows.append({
-                "epoch": epoch + 1,
-                "validation_recall@10": float((logs or {}).get(monitor, float("nan"))),
-                "auc": pairs.auc(metrics.cosine_matrix(vectors)),
-                **metrics.geometry(vectors, pairs),
-                "temperature": float(self.model.head.temperature.numpy()),
-                "loss": float((logs or {}).get("loss", float("nan"))),
-            })
-
-    return EpochProbe()
+    return epoch_probe(monitor, lambda vectors: {
+        "auc": pairs.auc(metrics.cosine_matrix(vectors)), **metrics.geometry(vectors, pairs)})
 
 
 @dataclass
