@@ -21,7 +21,8 @@ through ``export.signatures.signature_function``:
 
 Exclusion searches ``K + E`` candidates (``E``: the row's excluded items, padded to the
 batch's widest) and drops the excluded ones exactly (``searchers.is_member``), so the
-answer never holds one; with ScaNN the K left are approximate as usual. Cost per request:
+answer never holds one. As for id models (``searchers.top_k_of``), an exact plan's
+candidates are only cut to ``K``; an approximate ScaNN plan's are rescored exactly. Cost per request:
 the user tower (O(features + N) lookups and the Dense stack) and a search of ``K + E``.
 The towers are saved as tracked objects of the module: loading needs TensorFlow only.
 """
@@ -39,7 +40,7 @@ from export.feature_model import FeatureExport
 from export.index import PreparedIndexes
 from export.options import ExportOptions
 from export.recall import PADDING_SCORE
-from export.searchers import make_searcher, rescore_top_k
+from export.searchers import make_searcher, top_k_of
 from export.signatures import _id_to_row, _row_to_id, signature_function
 from export.tables import EmbeddingTables
 from tfrs_cosine import explain
@@ -148,13 +149,9 @@ def build_feature_module(
         return tf.gather(ragged, rows).to_tensor(default_value=-1)
 
     def top_items(queries, rows, excluded):
-        if excluded is None:
-            found, _, valid = user_index.search(queries, k)
-        else:
-            wanted = tf.minimum(k + tf.shape(excluded)[1], num_items)
-            found, _, valid = user_index.search(queries, wanted)
-        top, scores, top_valid = rescore_top_k(queries, found, valid, compared_items, k,
-                                               exclude=excluded)
+        wanted = None if excluded is None else tf.minimum(k + tf.shape(excluded)[1], num_items)
+        top, scores, top_valid = top_k_of(user_index, queries, k, compared_items,
+                                          search_k=wanted, exclude=excluded)
         if tables.head == "cosine":
             scores = tf.where(top_valid, tf.clip_by_value(scores, -1.0, 1.0), scores)
         return {"item_ids": names(top, top_valid), "scores": scores, "known_user": rows > 0}
@@ -214,8 +211,8 @@ def build_feature_module(
     def similar_to(items):
         rows = catalog_rows(items)
         queries = unit_items(rows)
-        found, _, valid = similar_index.search(queries, k_similar)
-        top, cosine, top_valid = rescore_top_k(queries, found, valid, unit_items, k, exclude=rows)
+        top, cosine, top_valid = top_k_of(similar_index, queries, k, unit_items,
+                                          search_k=k_similar, exclude=rows)
         cosine = tf.where(top_valid, tf.clip_by_value(cosine, -1.0, 1.0), cosine)
         return {"item_ids": names(top, top_valid), "cosine": cosine, "known_item": rows >= 0}
 

@@ -6,7 +6,8 @@ that into the signature's answer, the exact similarity of what it returns, in or
 
 * an ``exact`` searcher (brute force, or a ScaNN plan that scores every item in float32)
   has already scored and ordered every item exactly, so its candidates are only cut to
-  ``k`` (after dropping an excluded row): O(b * m) gathers, no rescoring, no second top-k;
+  ``k`` (after dropping excluded rows): a running count and gathers, no rescoring, no
+  second top-k;
 * any other ScaNN plan is rescored exactly and ordered again (``rescore_top_k``):
   O(b * m * d) for the rescoring and a top-k over ``m`` candidates.
 
@@ -111,12 +112,13 @@ def top_k_of(
         at least ``k``.
       vectors_of: catalog rows ``(b, m)`` -> prepared vectors ``(b, m, d)``; used only to
         rescore the candidates of a searcher that is not ``exact``.
-      exclude: ``(b,)`` a catalog row to drop from each row's candidates (or -1).
+      exclude: ``(b,)`` a catalog row to drop from each row's candidates (or -1), or
+        ``(b, E)`` rows (-1 pads).
 
     Returns:
       what ``rescore_top_k`` returns.
     """
-    indices, scores, valid = searcher.search(queries, search_k or k)
+    indices, scores, valid = searcher.search(queries, k if search_k is None else search_k)
     if searcher.exact:
         return cut_top_k(indices, scores, valid, k, exclude)
     return rescore_top_k(queries, indices, valid, vectors_of, k, exclude)
@@ -132,26 +134,25 @@ def cut_top_k(
     """The first ``k`` of candidates already scored exactly and ordered, less ``exclude``.
 
     Args:
-      indices, scores, valid: ``(b, m)`` candidates, best first, ``m >= k``.
-      exclude: ``(b,)`` a catalog row to drop (or -1). A row appears at most once among
-        exact candidates, so dropping it moves every later candidate up by one place.
+      indices, scores, valid: ``(b, m)`` candidates, best first.
+      exclude: ``(b,)`` a catalog row to drop from each row (or -1), or ``(b, E)`` rows
+        (-1 pads; ``is_member``).
 
     Returns:
-      what ``rescore_top_k`` returns. Cost: O(b * m), no arithmetic on vectors.
+      what ``rescore_top_k`` returns. Cost: O(b m) for a running count of the kept
+      candidates and O(b k log m) to find the j-th kept one; no sort, no arithmetic on
+      vectors.
     """
-    # One padding column: the k-th place after a drop is the (k + 1)-th candidate.
+    kept = valid if exclude is None else valid & ~is_member(indices, exclude)
+    # One padding column, where a place with no kept candidate left points.
     indices = tf.pad(indices, [[0, 0], [0, 1]], constant_values=-1)
     scores = tf.pad(scores, [[0, 0], [0, 1]], constant_values=PADDING_SCORE)
-    valid = tf.pad(valid, [[0, 0], [0, 1]], constant_values=False)
-    if exclude is None:
-        indices, scores, valid = indices[:, :k], scores[:, :k], valid[:, :k]
-    else:
-        dropped = valid & tf.equal(indices, exclude[:, tf.newaxis])
-        # Place j takes candidate j, or j + 1 once the dropped one is at or before j.
-        source = tf.range(k)[tf.newaxis, :] + tf.cumsum(tf.cast(dropped, tf.int32), axis=1)[:, :k]
-        indices, scores, valid = (
-            tf.gather(x, source, batch_dims=1) for x in (indices, scores, valid)
-        )
+    kept = tf.pad(kept, [[0, 0], [0, 1]], constant_values=False)
+    counts = tf.cumsum(tf.cast(kept, tf.int32), axis=1)  # (b, m + 1), non-decreasing
+    places = tf.broadcast_to(tf.range(1, k + 1)[tf.newaxis, :], [tf.shape(counts)[0], k])
+    # Place j takes the first candidate with j + 1 kept ones up to it: the (j + 1)-th kept.
+    source = tf.minimum(tf.searchsorted(counts, places, side="left"), tf.shape(counts)[1] - 1)
+    indices, scores, valid = (tf.gather(x, source, batch_dims=1) for x in (indices, scores, kept))
     return (
         tf.where(valid, indices, -1),
         tf.where(valid, scores, tf.fill(tf.shape(scores), PADDING_SCORE)),

@@ -186,3 +186,28 @@ def test_the_docs_show_the_feature_contract():
     assert [s.name for s in contract.EXAMPLE_FEATURES.item] == item
     assert [s.name for s in contract.EXAMPLE_FEATURES.context] == list(m.query_context)
     assert contract.EXAMPLE_FEATURES.history_length == m.user_features["history"].length
+
+
+def test_exact_plans_answer_numpys_top_k_less_the_seen_items_without_rescoring(built):
+    """At this catalog size both indexes are exact: ``serving_default`` is numpy's exact
+    top-K of the stored user's query less its training items, straight from the search
+    (no rescoring Einsum, no second TopKV2)."""
+    export, tables, _, functions = built
+    serving = functions[contract.SERVING_DEFAULT.name]
+    ops = serving.graph.get_operations()
+    assert not [op for op in ops if op.type == "Einsum"]
+    # Brute force's own TopKV2 (ScaNN searches without one); tf.sort of the exclusion
+    # sets (is_member) is the other, never one over the candidates.
+    top_ks = [op.name for op in ops if op.type == "TopKV2" and not op.name.startswith("sort")]
+    assert len(top_ks) <= 1, top_ks
+    users = np.array(export.users)
+    queries = functions[contract.EMBED_USERS.name](user_id=tf.constant(users))["embeddings"]
+    scores = queries.numpy() @ tables.compared(tables.item_vectors[1:]).T
+    out = serving(user_id=tf.constant(users))
+    got_ids, got_scores = out["item_ids"].numpy().astype(str), out["scores"].numpy()
+    for row in range(len(users)):
+        row_scores = scores[row].copy()
+        row_scores[list(export.seen_of(row))] = -np.inf
+        best = np.argsort(-row_scores, kind="stable")[:K]
+        assert got_ids[row].tolist() == [export.items[i] for i in best]
+        np.testing.assert_allclose(got_scores[row], np.clip(row_scores[best], -1, 1), atol=1e-5)

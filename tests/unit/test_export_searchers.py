@@ -133,3 +133,35 @@ def test_approximate_plans_rescore(tmp_path):
     assert not indexes.user.plan.exact
     for name in (contract.SERVING_DEFAULT.name, contract.SIMILAR_ITEMS.name):
         assert op_counts(functions[name], "Einsum", "TopKV2") == [1, 1], name
+
+
+def test_cut_top_k_drops_exclusion_sets_and_keeps_the_order():
+    """Several excluded rows per query (-1 pads, repeats, rows not among the candidates),
+    invalid trailing candidates, and fewer candidates than K: numpy's filter-then-cut."""
+    from export.searchers import cut_top_k
+
+    rng = np.random.default_rng(3)
+    b, m, k = 6, 12, 8
+    indices = np.stack([rng.permutation(50)[:m] for _ in range(b)]).astype(np.int64)
+    scores = -np.sort(-rng.normal(size=(b, m)), axis=1).astype(np.float32)
+    valid = np.ones((b, m), bool)
+    valid[2, -3:] = False  # a ScaNN shortfall
+    exclude = np.full((b, 4), -1, np.int64)
+    for row in range(b):
+        picked = rng.choice(indices[row], size=row % 4, replace=False)
+        exclude[row, :len(picked)] = picked
+    exclude[4, 3] = 49 if 49 not in indices[4] else 48  # not a candidate at all
+    exclude[5, 1] = exclude[5, 0]  # a repeat
+    for width in (k, m + 2):  # enough candidates, and fewer than K
+        got = [x.numpy() for x in cut_top_k(
+            tf.constant(indices), tf.constant(scores), tf.constant(valid), width,
+            tf.constant(exclude))]
+        for row in range(b):
+            keep = valid[row] & ~np.isin(indices[row], exclude[row])
+            want_ids = np.pad(indices[row][keep][:width], (0, max(0, width - keep.sum())),
+                              constant_values=-1)[:width]
+            want_scores = np.pad(scores[row][keep][:width], (0, max(0, width - keep.sum())),
+                                 constant_values=PADDING_SCORE)[:width]
+            np.testing.assert_array_equal(got[0][row], want_ids)
+            np.testing.assert_array_equal(got[1][row], want_scores)
+            np.testing.assert_array_equal(got[2][row], want_ids >= 0)
