@@ -26,8 +26,14 @@ def test_ties_go_to_the_earlier_setting():
 
 def test_the_grid_names_the_benchmark_rows_and_every_setting_once():
     labels = [s.label for s in GRID]
-    assert len(set(labels)) == len(labels) and len({s.model_keys for s in GRID}) == len(GRID)
+    assert len(set(labels)) == len(labels) and len({(s.model_keys, s.batch_size) for s in GRID}) == len(GRID)
     assert any("row 3g" in label for label in labels) and any("row 3e" in label for label in labels)
     row_3e = next(s for s in GRID if "row 3e" in s.label).keys()
     assert row_3e == {"head": "cosine", "layer_norm": True, "tower_layers": [64, 32],
                       "temperature": 0.2}
+
+
+def test_the_quick_grid_has_both_heads():
+    from training.study.genre_grid import QUICK_GRID
+
+    assert {s.head for s in QUICK_GRID} == {"dot", "cosine"} and set(QUICK_GRID) <= set(GRID)

@@ -349,7 +349,8 @@ def _models_to_measure(grid: dict[str, Any], epochs: int | None
             what = "validation pick" if which == "chosen" else "highest genre AUC near the best recall"
             models[f"{head}_{which}"] = (
                 f"{head} {what}: {record['label']}", record["model"],
-                {"learning_rate": grid["learning_rate"], "epochs": record["best_epoch"]})
+                {"learning_rate": grid["learning_rate"], "epochs": record["best_epoch"],
+                 "batch_size": record["batch_size"]})
     return models
 
 
