@@ -32,7 +32,7 @@ run are what count.
 Usage::
 
     .venv/bin/python -m benchmarks.serving [--model-base-path models/NAME] [--seconds 3]
-        [--out benchmarks/results/serving.md]
+        [--serve-flag=--tensorflow_intra_op_parallelism=1 ...] [--out benchmarks/results/serving.md]
 
 Without ``--model-base-path`` it trains the synthetic default for 2 epochs and exports it
 with ScaNN (K=10) into a temporary folder first (about a minute).
@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10, help="K when this script exports")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="training override when this script trains")
+    parser.add_argument("--serve-flag", action="append", default=[], metavar="FLAG[=VALUE]",
+                        help="a flag for every tfrs-cosine serve this script starts, e.g. "
+                             "--serve-flag=--tensorflow_intra_op_parallelism=1")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.md")
     args = parser.parse_args(argv)
 
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     def start(name: str, *flags: str) -> ServerProcess:
         log(f"starting tfrs-cosine serve ({name})")
         srv = ServerProcess(["--model_name", MODEL, "--model_base_path", str(base),
-                             "--file_system_poll_wait_seconds", "0", *flags],
+                             "--file_system_poll_wait_seconds", "0", *args.serve_flag, *flags],
                             workdir / f"{name}.log")
         servers.append(srv)
         srv.wait_available(MODEL)

@@ -62,6 +62,15 @@ def register(subparsers) -> None:
         help="MonitoringConfig text proto; prometheus_config enables /monitoring/prometheus/metrics",
     )
     p.add_argument(
+        "--tensorflow_intra_op_parallelism", type=int, default=0,
+        help="threads one TensorFlow op may use (default 0: one per core); 1 runs each op "
+             "on the calling thread, which suits small models (BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--tensorflow_inter_op_parallelism", type=int, default=0,
+        help="threads running independent TensorFlow ops (default 0: one per core)",
+    )
+    p.add_argument(
         "--access_log", "--verbose", dest="access_log", action="store_true",
         help="log one line per request: model, signature, version, status, ms",
     )
@@ -146,6 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
         batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,
         access_log=args.access_log,
+        tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
     )
     # Every flag and config file is checked here, before TensorFlow is imported: a bad
     # one answers in well under a second, with one line.

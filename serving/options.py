@@ -41,6 +41,9 @@ class ServerOptions:
     monitoring_config_file: str | None = None
     access_log: bool = False
     warm_up: bool = True
+    # TensorFlow's thread pools (0: TensorFlow's default, one thread per core).
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
 
     def check(self) -> None:
         """ServingError for a flag out of range (before anything is loaded)."""
@@ -60,6 +63,9 @@ class ServerOptions:
             raise ServingError("--batching_parameters_file needs --enable_batching")
         if self.grpc_max_threads < 1 or self.rest_api_num_threads < 1:
             raise ServingError("--grpc_max_threads and --rest_api_num_threads must be >= 1")
+        for flag in ("tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism"):
+            if getattr(self, flag) < 0:
+                raise ServingError(f"--{flag} must be >= 0 (0 = TensorFlow's default)")
 
 
 def read_text_file(path: str | Path, flag: str) -> str:

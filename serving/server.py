@@ -49,6 +49,23 @@ def access_logger(method: str, path: str, status: str, model: str, signature: st
     )
 
 
+def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Sizes TensorFlow's thread pools (``--tensorflow_intra_op_parallelism`` and
+    ``--tensorflow_inter_op_parallelism``; 0 keeps TensorFlow's default). Must run before
+    TensorFlow executes anything in this process; ServingError otherwise."""
+    if not intra_op and not inter_op:
+        return
+    import tensorflow as tf
+
+    try:
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as error:
+        raise ServingError(f"cannot size TensorFlow's thread pools: {error}") from None
+
+
 def start_grpc_server(
     handler: Handler, model_health: ModelHealth, address: str, max_threads: int,
     max_request_bytes: int,
@@ -93,6 +110,8 @@ class ModelServer:
     def __init__(self, options: ServerOptions):
         options.check()
         self.options = options
+        configure_tensorflow_threads(options.tensorflow_intra_op_parallelism,
+                                     options.tensorflow_inter_op_parallelism)
         self.metrics_path = metrics_path(options)
         self.metrics = None
         if self.metrics_path:

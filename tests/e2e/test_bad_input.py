@@ -173,6 +173,9 @@ CASES = [
     Case("serve-config-binary", ("serve", "--model_config_file", "{tmp}/models.config"),
          "models.config"),
     Case("serve-port", ("serve", "--model_base_path", "{tmp}", "--port", "70000"), "port"),
+    Case("serve-threads", ("serve", "--model_base_path", "{tmp}",
+                           "--tensorflow_intra_op_parallelism", "-1"),
+         "--tensorflow_intra_op_parallelism must be >= 0"),
     # query
     Case("query-unreachable", ("query", "--target", "127.0.0.1:9", "--model", "m", "--retries", "0",
                                "--timeout", "2", "status"), "UNAVAILABLE"),

@@ -27,6 +27,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.core import ServerCore
+from serving.errors import ServingError
 from serving.grpc_services import Handler, ModelHealth
 from serving.json_codec import MAX_JSON_DEPTH
 from serving.options import ServerOptions
@@ -320,3 +321,35 @@ def test_status_over_grpc_while_serving(server):
     request.model_spec.name = "tiny"
     (entry,) = stub.GetModelStatus(request, timeout=30).model_version_status
     assert entry.version == 1 and entry.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def test_thread_flags_size_tensorflows_pools_before_anything_runs():
+    """``--tensorflow_{intra,inter}_op_parallelism`` in a fresh process: applied before
+    TensorFlow runs anything, a ServingError once it has (the pools are then fixed)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tensorflow as tf\n"
+        "from serving.errors import ServingError\n"
+        "from serving.server import configure_tensorflow_threads\n"
+        "configure_tensorflow_threads(1, 2)\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+        "tf.constant(1.0) + 1.0\n"
+        "try:\n"
+        "    configure_tensorflow_threads(2, 0)\n"
+        "except ServingError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    sizes, error = done.stdout.strip().splitlines()
+    assert sizes == "1 2"
+    assert error.startswith("cannot size TensorFlow's thread pools")
+
+
+def test_negative_thread_flags_are_refused():
+    with pytest.raises(ServingError, match="--tensorflow_intra_op_parallelism must be >= 0"):
+        ServerOptions(model_base_path="m", tensorflow_intra_op_parallelism=-1).check()
