@@ -157,7 +157,17 @@ def aio_load_main(argv: list[str]) -> int:
     return 0
 
 
-def measure_aio(target: str, requests_file: Path, clients: int, seconds: float) -> dict[str, float]:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_aio(target: str, requests_file: Path, clients: int, seconds: float,
+                server_pid: int | None = None) -> dict[str, float]:
+    """The aio load on ``target``; with ``server_pid``, also the server's CPU milliseconds
+    per answered request (``server_cpu_ms``)."""
+    cpu_before = process_cpu_seconds(server_pid) if server_pid else 0.0
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.serving", "--aio-load", target, str(requests_file),
          str(clients), str(seconds)],
@@ -165,7 +175,11 @@ def measure_aio(target: str, requests_file: Path, clients: int, seconds: float) 
     )
     if done.returncode != 0:
         raise SystemExit(f"load generator failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if server_pid:
+        answered = result["qps"] * seconds
+        result["server_cpu_ms"] = 1e3 * (process_cpu_seconds(server_pid) - cpu_before) / answered
+    return result
 
 
 # ----------------------------------------------------------------------------- floor server
@@ -349,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         # than one that does no work at all.
         for clients in (16, 64):
             record(f"floor: gRPC b=1, {clients} clients",
-                   measure_aio(floor.target, requests_file, clients, args.seconds))
+                   measure_aio(floor.target, requests_file, clients, args.seconds,
+                               floor.process.pid))
 
         # ---- (c) REST vs gRPC at batch 64, 16 clients
         local = threading.local()
@@ -381,13 +396,22 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- (b) batching off vs on, (d) processes
         for clients in (16, 64):
-            record(f"off: gRPC b=1, {clients} clients", measure_aio(plain.target, requests_file, clients, args.seconds))
+            record(f"off: gRPC b=1, {clients} clients",
+                   measure_aio(plain.target, requests_file, clients, args.seconds, plain.process.pid))
         plain.stop()
+        # Batching off with fewer gRPC worker threads: on 2 cores, 16 threads mostly
+        # contend for the interpreter lock.
+        few = start("plain-4-threads", "--grpc_max_threads", "4")
+        for clients in (16, 64):
+            record(f"off, 4 gRPC threads: b=1, {clients} clients",
+                   measure_aio(few.target, requests_file, clients, args.seconds, few.process.pid))
+        few.stop()
         batching_file = workdir / "batching.config"
         batching_file.write_text(BATCHING)
         batched = start("batching", "--enable_batching", "--batching_parameters_file", str(batching_file))
         for clients in (16, 64):
-            record(f"on: gRPC b=1, {clients} clients", measure_aio(batched.target, requests_file, clients, args.seconds))
+            record(f"on: gRPC b=1, {clients} clients",
+                   measure_aio(batched.target, requests_file, clients, args.seconds, batched.process.pid))
         batched.stop()
     finally:
         for srv in servers:
@@ -421,7 +445,8 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
     def line(key: str, peer: str | None = None) -> str:
         row = r(key)
         ratio = f"{row['qps'] / r(peer)['qps']:.2f}x" if peer else ""
-        return f"| {key} | {row['p50']:.2f} | {row['p99']:.2f} | {row['qps']:.0f} | {ratio} |"
+        cpu = f"{row['server_cpu_ms']:.3f}" if "server_cpu_ms" in row else ""
+        return f"| {key} | {row['p50']:.2f} | {row['p99']:.2f} | {row['qps']:.0f} | {ratio} | {cpu} |"
 
     grpc_p50 = min(r(f"gRPC b=1, 1 client #{i}")["p50"] for i in range(2))
     floor_p50 = min(r(f"floor b=1, 1 client #{i}")["p50"] for i in range(2))
@@ -444,8 +469,8 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
         f"TensorFlow {tf.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}. "
         f"Export: {describe_export(args)}, signature serving_default. {args.seconds:.0f} s per row.",
         "",
-        "| row | p50 ms | p99 ms | queries/s | queries/s vs peer |",
-        "|---|---:|---:|---:|---:|",
+        "| row | p50 ms | p99 ms | queries/s | queries/s vs peer | server CPU ms per request |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     out += [line(k) for k in rows if k.startswith(("in-process", "floor", "gRPC b=1"))]
     for c in (16, 64):
@@ -453,7 +478,8 @@ def report(rows: dict[str, dict], args, argv: list[str]) -> str:
     out += [line("gRPC b=64, 16 clients"), line("REST b=64, 16 clients", "gRPC b=64, 16 clients")]
     for c in (16, 64):
         out += [line(f"off: gRPC b=1, {c} clients"), line(f"on: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients"),
-                line(f"floor: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients")]
+                line(f"floor: gRPC b=1, {c} clients", f"off: gRPC b=1, {c} clients"),
+                line(f"off, 4 gRPC threads: b=1, {c} clients", f"off: gRPC b=1, {c} clients")]
     out += [
         "",
         f"- (a) server-added latency, batch 1, 1 client: gRPC p50 {grpc_p50:.2f} ms - in-process "
