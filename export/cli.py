@@ -51,8 +51,12 @@ def _export(args: argparse.Namespace) -> int:
     resolve_version(args.model_base_path, options.version)
 
     from export.savedmodel import export_savedmodel  # TensorFlow loads here
+    from training.interrupts import signals_raise
 
-    path = export_savedmodel(args.run_dir, args.model_base_path, options, log=_progress)
+    # SIGTERM (a scheduler's stop) unwinds like Ctrl-C: the staging folder is removed on
+    # the way out and the CLI exits 143.
+    with signals_raise():
+        path = export_savedmodel(args.run_dir, args.model_base_path, options, log=_progress)
     print(f"exported {path}")
     print(summary(read_card(path)))
     return 0

@@ -447,6 +447,26 @@ def test_a_killed_export_is_cleaned_up_and_a_live_one_left_alone(run_dir, tmp_pa
     assert list(temp.iterdir()) == []  # no scratch folder in TMPDIR, not even the killed one's
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_export_removes_its_staging_folder(run_dir, tmp_path, signum):
+    """A scheduler's SIGTERM, or Ctrl-C, while the export stages: exit 128 + signal, one
+    line, no staging folder, no version, no base path it created."""
+    base = tmp_path / "models" / "m"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp), TF_CPP_MIN_LOG_LEVEL="3")
+    stopped = _start_export(run_dir, base, env)
+    folder, _ = _staging_folder(stopped)
+    os.kill(stopped.pid, signum)
+    rest = stopped.stdout.read()
+    assert stopped.wait(timeout=120) == 128 + signum, rest
+    stopped.stdout.close()
+    assert f"tfrs-cosine: interrupted by {signal.Signals(signum).name}" in rest
+    assert "Traceback" not in rest
+    assert not folder.exists() and not base.exists()
+    assert list(temp.iterdir()) == []
+
+
 def _bad_run(run_dir: Path, tmp_path: Path, name: str, change) -> Path:
     """A copy of the complete run with one thing broken by ``change(copy)``."""
     copy = tmp_path / name
