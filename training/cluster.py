@@ -36,6 +36,7 @@ JOBS = ("chief", "worker", "ps")
 MULTI_WORKER, PARAMETER_SERVER = "multi_worker", "parameter_server"
 PEER_TIMEOUT_SECONDS = 300.0  # start-up rendezvous deadline (train --peer-timeout)
 _POLL_SECONDS = 0.25
+_HELLO = "tfrs-cosine peer "  # + task name + newline: a trainer's rendezvous greeting
 
 Log = Callable[[str], None]
 
@@ -180,13 +181,20 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def reachable(address: str, timeout: float = 1.0) -> bool:
-    """Whether a TCP connect to ``address`` succeeds."""
+def reachable(address: str, timeout: float = 1.0, hello: bytes = b"") -> bool:
+    """Whether a TCP connect to ``address`` succeeds; ``hello`` is sent once connected."""
     try:
-        with socket.create_connection(_split_address(address), timeout=timeout):
+        with socket.create_connection(_split_address(address), timeout=timeout) as connection:
+            if hello:
+                connection.sendall(hello)
             return True
     except OSError:
         return False
+
+
+def _hello(name: str) -> bytes:
+    """What a trainer sends to another trainer's rendezvous port: its own task name."""
+    return f"{_HELLO}{name}\n".encode()
 
 
 def wait_for_peers(
@@ -197,15 +205,17 @@ def wait_for_peers(
     connection; returns the seconds waited.
 
     A multi-worker trainer also listens on its own port meanwhile, and waits until
-    each other trainer has connected to it once: only then can no one still be
-    looking for it when it closes the port for TensorFlow's server (connections are
-    reset on close, so the port is free at once). Raises ``ClusterError`` naming the
-    missing tasks once ``timeout`` seconds have passed.
+    each other trainer has connected to it once and named itself: only then can no one
+    still be looking for it when it closes the port for TensorFlow's server
+    (connections are reset on close, so the port is free at once). A connection that
+    does not name a peer (a port scan, a health check, another cluster's task) does
+    not count. Raises ``ClusterError`` naming the missing tasks once ``timeout``
+    seconds have passed.
     """
     peers = dict(cluster.peers_to_wait_for())
     if not peers:
         return 0.0
-    listener, expected = None, 0
+    listener, expected, hello = None, set(), b""
     if cluster.kind == MULTI_WORKER:
         port = _split_address(cluster.address)[1]
         try:
@@ -214,19 +224,21 @@ def wait_for_peers(
             raise ClusterError(f"cluster: {cluster.name()} cannot listen on port {port}: "
                                f"{e.strerror}") from None
         listener.setblocking(False)
-        expected = len(peers)
+        expected, hello = set(peers), _hello(cluster.name())
     started = clock()
-    announced, heard = False, 0
+    announced, heard = False, set()
     try:
         while True:
-            peers = {name: a for name, a in peers.items() if not reachable(a, _POLL_SECONDS)}
-            heard += _accept_all(listener)
+            peers = {name: a for name, a in peers.items()
+                     if not reachable(a, _POLL_SECONDS, hello)}
+            heard |= _accept_all(listener) & expected
             waited = clock() - started
-            if not peers and heard >= expected:
+            if not peers and heard == expected:
                 return waited
             if waited >= timeout:
                 missing = ", ".join(f"{name} at {a}" for name, a in peers.items()) or (
-                    f"{expected - heard} other task(s) never connected to {cluster.address}, so")
+                    f"{', '.join(sorted(expected - heard))} never connected to "
+                    f"{cluster.address}, so")
                 raise ClusterError(f"cluster: {missing} not reachable within {timeout:g} s "
                                    f"(train --peer-timeout); is every task of TF_CONFIG running?")
             if not announced:
@@ -239,18 +251,25 @@ def wait_for_peers(
             listener.close()
 
 
-def _accept_all(listener: socket.socket | None) -> int:
-    """Accepts and resets every pending connection; returns how many there were."""
-    count = 0
+def _accept_all(listener: socket.socket | None) -> set[str]:
+    """Accepts and resets every pending connection; returns the task names they sent."""
+    names: set[str] = set()
     while listener is not None:
         try:
             connection, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
-            return count
+            return names
+        try:
+            connection.settimeout(_POLL_SECONDS)
+            data = connection.recv(256)
+        except OSError:
+            data = b""
+        text = data.decode("utf-8", "replace")
+        if text.startswith(_HELLO) and text.endswith("\n"):
+            names.add(text[len(_HELLO):-1])
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         connection.close()
-        count += 1
-    return count
+    return names
 
 
 def serve_until_chief_leaves(

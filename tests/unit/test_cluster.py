@@ -116,6 +116,33 @@ def _rendezvous(jobs: dict) -> dict[int, object]:
     return results
 
 
+def test_a_connection_that_names_no_peer_does_not_complete_the_rendezvous():
+    """A port scan of worker 0's rendezvous port (a plain connect, nothing sent) while
+    worker 1's port answers: worker 0 must not take the scan for worker 1 and close its
+    port, or worker 1 would never find it."""
+    port0, port1 = free_ports(2)
+    jobs = {"worker": [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]}
+    result: dict[str, object] = {}
+
+    def worker_0():
+        try:
+            result["v"] = wait_for_peers(parse_tf_config(tf_config(jobs, "worker", 0)),
+                                         timeout=1.0, log=lambda line: None)
+        except ClusterError as error:
+            result["v"] = error
+
+    with socket.create_server(("127.0.0.1", port1)):  # worker 1's port answers
+        thread = threading.Thread(target=worker_0)
+        thread.start()
+        scanned = False
+        while thread.is_alive() and not scanned:  # until worker 0 listens
+            scanned = cluster_module.reachable(f"127.0.0.1:{port0}", 0.2)
+        thread.join()
+    assert scanned
+    assert isinstance(result["v"], ClusterError), result
+    assert "worker 1 never connected to 127.0.0.1:" in str(result["v"])
+
+
 def test_a_missing_peer_fails_at_the_deadline_naming_it():
     port, missing = free_ports(2)
     jobs = {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{missing}"]}
