@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import datetime
 import json
 import os
@@ -59,6 +58,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
+from benchmarks.report import json_default  # noqa: E402
 from tfrs_cosine import DotHead  # noqa: E402
 from training.config import Config, config_from_dict  # noqa: E402
 from training.data import generate_synthetic
@@ -721,20 +721,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(
-                {"header": header, "results": results}, indent=1, default=_json_default))
+                {"header": header, "results": results}, indent=1, default=json_default))
             log(f"wrote {args.json}")
     plotted = next((r for r in results if r["name"] == "A"), results[0])
     write_plot(args.plot, plotted)
     log(f"wrote {args.plot}; total {(time.perf_counter() - start) / 60:.1f} min")
     return 0
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 if __name__ == "__main__":

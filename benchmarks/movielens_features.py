@@ -60,6 +60,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.movielens import Protocol, empty, log, machine, protocol_a, protocol_b  # noqa: E402
+from benchmarks.report import json_default  # noqa: E402
 from training import baselines  # noqa: E402
 from training.config import Config, config_from_dict  # noqa: E402
 from training.data import load_data  # noqa: E402
@@ -630,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         write_markdown(args.out, [header], sections(results))
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"header": header, "results": results}, indent=1,
-                                        default=_json_default))
+                                        default=json_default))
         log(f"wrote {args.out} and {args.json}")
 
     for name in [n for n in args.protocols if n in "AB"]:
@@ -660,12 +661,6 @@ def main(argv: list[str] | None = None) -> int:
     write_plot(args.plot, results)
     log(f"wrote {args.plot}; total {(time.perf_counter() - start) / 60:.1f} min")
     return 0
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 if __name__ == "__main__":

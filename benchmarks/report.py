@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def emit(text: str, out: Path | None, json_path: Path | None, results: Any) -> None:
@@ -14,3 +17,12 @@ def emit(text: str, out: Path | None, json_path: Path | None, results: Any) -> N
         out.write_text(text + "\n")
     if json_path:
         json_path.write_text(json.dumps(results, indent=1))
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for benchmark results: numpy scalars and dataclasses."""
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")

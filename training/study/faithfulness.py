@@ -245,6 +245,12 @@ class _Phases:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.cpu_start, self.load_start = time.process_time(), os.getloadavg()[0]
 
+    def usage(self) -> dict[str, Any]:
+        """CPU seconds since the start (all threads), and the 1-minute load average at the
+        start and now: wall time depends on what else runs on the machine, CPU time less."""
+        return {"cpu_seconds": round(time.process_time() - self.cpu_start, 1),
+                "load_average_1min": [round(self.load_start, 2), round(os.getloadavg()[0], 2)]}
+
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -337,7 +343,6 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
     from training.study.report import write_outputs  # loaded now: the run takes long
 
     phase = _Phases(log)
-    started, cpu_start, load_start = phase.started, phase.cpu_start, phase.load_start
     # The real data first: a missing copy fails now, not after the long synthetic part.
     genre_data = _genre_data(settings, phase)
     data = generate_synthetic(settings.users, settings.items, settings.clusters, settings.seed)
@@ -430,7 +435,7 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
         "paper": "Steck, Ekanadham & Kallus (2024), arXiv:2403.05440, Section 4",
         "command": settings.command(out if out is not None else "OUT"),
         "settings": jsonable(dataclasses.asdict(settings)),
-        "started": started,
+        "started": phase.started,
         "seconds": None,
         "versions": _versions(),
         "data": {
@@ -470,13 +475,9 @@ def run_study(settings: StudySettings, out: str | Path | None = None, log: Log =
     # -- real data: genres ----------------------------------------------------------------------
     figures["genres"] = _run_genres(settings, genre_data, phase)
     figures["seconds"] = round(phase.elapsed, 1)
-    # Wall time depends on what else runs on the machine; CPU time (all threads) less so.
     figures["timing"] = {"synthetic": round(synthetic_seconds, 1),
                          "genres": round(phase.elapsed - synthetic_seconds, 1),
-                         "cpu_seconds": round(time.process_time() - cpu_start, 1),
-                         "load_average_1min": [round(load_start, 2),
-                                               round(os.getloadavg()[0], 2)],
-                         "cpus": os.cpu_count()}
+                         **phase.usage(), "cpus": os.cpu_count()}
     if out is not None:
         write_outputs(Path(out), figures, models, data, diagonals, phase)
     phase(f"done in {figures['seconds']:.0f} s")
@@ -528,15 +529,11 @@ def rerun_genres(settings: StudySettings, out: str | Path, log: Log = print) -> 
     import tfrs_cosine  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
     phase = _Phases(log)
-    started, cpu_start, load_start = phase.started, phase.cpu_start, phase.load_start
     genre_data = _genre_data(settings, phase)
     figures["genres"] = _run_genres(settings, genre_data, phase)
     figures["genres_rerun"] = {
-        "command": settings.command(out) + " --only genres", "started": started,
-        "seconds": round(phase.elapsed, 1),
-        "cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "load_average_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
-        "versions": _versions()}
+        "command": settings.command(out) + " --only genres", "started": phase.started,
+        "seconds": round(phase.elapsed, 1), **phase.usage(), "versions": _versions()}
     refresh_genres(out, figures)
     phase(f"MovieLens part rerun in {phase.elapsed:.0f} s; wrote figures.json, "
           f"movielens_genres.png and report.md to {out}")
